@@ -1,0 +1,1 @@
+"""vLLM Batch Server: a self-hosted, OpenAI-compatible Batch API."""

@@ -1,0 +1,3 @@
+from batch_server.cli import app
+
+app()

@@ -1,0 +1,203 @@
+"""Batches API, as OpenAI's, plus the one-call multipart upload for curl users."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from batch_server import ids
+from batch_server.api.deps import Ctx, check_limit, paginate
+from batch_server.api.files import get_file, store_upload
+from batch_server.api.uploads import form_file, form_text, read_form
+from batch_server.app_context import AppContext
+from batch_server.db.tables import BatchRow
+from batch_server.errors import APIError, Conflict, NotFound
+from batch_server.jobs import lifecycle
+from batch_server.openai_types import (
+    SUPPORTED_ENDPOINTS,
+    CreateBatchBody,
+    batch_object,
+    list_object,
+)
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+_WINDOW = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_seconds(window: str) -> int:
+    """OpenAI accepts "24h"; other durations ("90m", "30s", "7d") are an extension."""
+    match = _WINDOW.match(window)
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0
+    if seconds <= 0:
+        raise APIError(
+            f"Invalid completion_window '{window}'; use '24h' (or a duration like '90m')",
+            param="completion_window",
+            code="invalid_value",
+        )
+    return seconds
+
+
+def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if len(metadata) > 16:
+        raise APIError(
+            "'metadata' may have at most 16 keys", param="metadata", code="invalid_value"
+        )
+    for key, value in metadata.items():
+        if len(key) > 64 or not isinstance(value, str) or len(value) > 512:
+            raise APIError(
+                "'metadata' keys are strings of at most 64 characters and values "
+                "strings of at most 512",
+                param="metadata",
+                code="invalid_value",
+            )
+    return metadata
+
+
+def create(ctx: AppContext, body: CreateBatchBody) -> dict[str, Any]:
+    if body.endpoint not in SUPPORTED_ENDPOINTS:
+        raise APIError(
+            f"Unsupported endpoint '{body.endpoint}'; supported: {', '.join(SUPPORTED_ENDPOINTS)}",
+            param="endpoint",
+            code="invalid_value",
+        )
+    window = window_seconds(body.completion_window)
+    metadata = check_metadata(body.metadata)
+    model = None
+    if body.model:
+        model = ctx.settings.model_aliases().get(body.model)
+        if model is None:
+            raise NotFound("model", body.model, param="model")
+    priority = body.priority
+    if priority is None and metadata and "priority" in metadata:
+        try:
+            priority = int(metadata["priority"])
+        except ValueError as exc:
+            raise APIError("metadata 'priority' must be an integer", param="metadata") from exc
+    source = get_file(ctx, body.input_file_id)
+    if source.purpose != "batch":
+        raise APIError(
+            f"File '{source.id}' has purpose '{source.purpose}'; batch input files "
+            "need purpose 'batch'",
+            param="input_file_id",
+            code="invalid_value",
+        )
+    now = int(time.time())
+    row = BatchRow(
+        id=ids.batch_id(),
+        status="validating",
+        endpoint=body.endpoint,
+        input_file_id=source.id,
+        completion_window=body.completion_window,
+        model=model,
+        metadata_=metadata,
+        priority=priority or 0,
+        created_at=now,
+        expires_at=now + window,
+        total=0,
+        completed=0,
+        failed=0,
+        input_tokens=0,
+        cached_tokens=0,
+        output_tokens=0,
+    )
+    with ctx.db.write() as s:
+        s.add(row)
+        s.flush()
+        lifecycle.log_event(s, row.id, "status", "created; status → validating")
+    ctx.wake.set()
+    return batch_object(row)
+
+
+def load(ctx: AppContext, batch_id: str) -> BatchRow:
+    with ctx.db.read() as s:
+        row = lifecycle.get_batch(s, batch_id)
+    if row is None:
+        raise NotFound("batch", batch_id, param="batch_id")
+    return row
+
+
+@router.post("")
+async def create_batch(request: Request, ctx: Ctx) -> dict:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _create_from_upload(request, ctx)
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError("The request body is not valid JSON", code="invalid_json") from exc
+    try:
+        body = CreateBatchBody.model_validate(payload)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        code = "missing_required_parameter" if err["type"] == "missing" else "invalid_value"
+        raise APIError(f"{param}: {err['msg']}", param=param, code=code) from exc
+    return create(ctx, body)
+
+
+async def _create_from_upload(request: Request, ctx: AppContext) -> dict:
+    """``curl -F file=@requests.jsonl -F model=…``: upload and create in one call."""
+    form = await read_form(request, ctx.settings.max_upload_bytes)
+    try:
+        metadata_raw = form_text(form, "metadata")
+        try:
+            metadata = json.loads(metadata_raw) if metadata_raw else None
+        except ValueError as exc:
+            raise APIError("'metadata' must be a JSON object", param="metadata") from exc
+        priority = form_text(form, "priority")
+        try:
+            body = CreateBatchBody(
+                input_file_id="pending",
+                endpoint=form_text(form, "endpoint") or "/v1/chat/completions",
+                completion_window=form_text(form, "completion_window") or "24h",
+                metadata=metadata,
+                model=form_text(form, "model"),
+                priority=int(priority) if priority else None,
+            )
+        except (ValidationError, ValueError) as exc:
+            raise APIError(f"Invalid form field: {exc}", code="invalid_value") from exc
+        upload = form_file(form)
+        stored = await store_upload(ctx, upload, "batch")
+    finally:
+        await form.close()
+    return create(ctx, body.model_copy(update={"input_file_id": stored.id}))
+
+
+@router.get("")
+def list_batches(ctx: Ctx, limit: int = Query(20), after: str | None = None) -> dict:
+    check_limit(limit, 100)
+    with ctx.db.read() as s:
+        rows, more = paginate(s, select(BatchRow), BatchRow, after, limit, kind="batch")
+    return list_object([batch_object(r) for r in rows], more)
+
+
+@router.get("/{batch_id}")
+def retrieve_batch(batch_id: str, ctx: Ctx) -> dict:
+    return batch_object(load(ctx, batch_id))
+
+
+@router.post("/{batch_id}/cancel")
+def cancel_batch(batch_id: str, ctx: Ctx) -> dict:
+    row = load(ctx, batch_id)
+    if row.status not in ("cancelling", "cancelled"):
+        with ctx.db.write() as s:
+            moved = lifecycle.transition(s, batch_id, "cancelling", "cancel requested")
+        if not moved:
+            row = load(ctx, batch_id)
+            if row.status not in ("cancelling", "cancelled"):
+                raise Conflict(
+                    f"Cannot cancel a batch with status '{row.status}'",
+                    param="batch_id",
+                    code="invalid_state",
+                )
+        ctx.wake.set()
+    return batch_object(load(ctx, batch_id))

@@ -1,0 +1,81 @@
+"""Streaming multipart uploads with a size limit enforced while the bytes arrive."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator
+
+from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from batch_server.errors import APIError, PayloadTooLarge
+
+# multipart framing around the file: boundaries, headers of the parts, small fields
+_OVERHEAD = 64 * 1024
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """Parse a multipart body; file parts spool to disk (never whole in memory) and the
+    upload is refused with 413 as soon as it exceeds ``limit`` bytes."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise APIError(
+            "Expected a multipart/form-data body", code="invalid_content_type", status_code=415
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + _OVERHEAD:
+        raise PayloadTooLarge(limit)
+
+    async def limited() -> AsyncGenerator[bytes, None]:
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit + _OVERHEAD:
+                raise PayloadTooLarge(limit)
+            yield chunk
+
+    parser = MultiPartParser(request.headers, limited(), max_files=4, max_fields=32)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise APIError(f"Malformed multipart body: {exc}", code="invalid_multipart") from exc
+    for value in form.values():
+        if isinstance(value, UploadFile) and value.size is not None and value.size > limit:
+            await form.close()
+            raise PayloadTooLarge(limit)
+    return form
+
+
+def form_text(form: FormData, name: str, required: bool = False) -> str | None:
+    value = form.get(name)
+    if isinstance(value, UploadFile):
+        raise APIError(f"'{name}' must be a text field", param=name)
+    if value is None or value == "":
+        if required:
+            raise APIError(
+                f"Missing required parameter: '{name}'",
+                param=name,
+                code="missing_required_parameter",
+            )
+        return None
+    return str(value)
+
+
+def form_file(form: FormData, name: str = "file") -> UploadFile:
+    value = form.get(name)
+    if not isinstance(value, UploadFile):
+        raise APIError(
+            f"Missing required file part: '{name}'", param=name, code="missing_required_parameter"
+        )
+    return value
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def safe_filename(name: str | None) -> str:
+    """The last path component of a client's filename, without control characters."""
+    base = re.split(r"[/\\]", name or "")[-1]
+    base = _UNSAFE.sub("_", base).strip().lstrip(".")
+    return base[:255] or "upload.jsonl"

@@ -1,0 +1,73 @@
+"""The application factory: one FastAPI app built from one ``Settings``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from batch_server.api import batches, files, health, models
+from batch_server.app_context import AppContext
+from batch_server.config import Settings
+from batch_server.errors import APIError, error_body
+from batch_server.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
+    ctx = AppContext.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        worker = thread = None
+        if run_worker:
+            worker = Worker(settings, ctx.db, ctx.store, wake=ctx.wake)
+            if settings.default_model:
+                worker.preload(settings.default_model)
+            thread = threading.Thread(target=worker.run_forever, name="worker", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            if worker and thread:
+                worker.stop()
+                thread.join(timeout=30)
+            ctx.db.dispose()
+
+    app = FastAPI(title="vLLM Batch Server", version="0.1.0", lifespan=lifespan)
+    app.state.ctx = ctx
+    for module in (files, batches, models, health):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"][1:]) or None
+        return JSONResponse(
+            error_body(f"{param}: {err['msg']}", param=param, code="invalid_value"), status_code=422
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http(_req: Request, exc: HTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code == 404 else None
+        return JSONResponse(error_body(str(exc.detail), code=kind), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(error_body("Internal server error", "server_error"), status_code=500)

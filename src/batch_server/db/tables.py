@@ -1,0 +1,160 @@
+"""The database schema. Alembic migrations under ``migrations/`` must produce exactly this
+(a test compares them)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class FileRow(Base):
+    """Metadata of a stored file; the bytes live in the FileStore under ``id``."""
+
+    __tablename__ = "files"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(String(32), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="processed")
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class BatchRow(Base):
+    """A batch. ``status`` and the ``*_at`` timestamps are written only by
+    :mod:`batch_server.jobs.lifecycle`."""
+
+    __tablename__ = "batches"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(256))
+    metadata_: Mapped[dict | None] = mapped_column("metadata", JSON)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[list | None] = mapped_column(JSON)
+    # An outcome decided while the batch runs ("expired", "failed"), carried out by
+    # finalization, which then sets the matching status.
+    pending_outcome: Mapped[str | None] = mapped_column(String(16))
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    in_progress_at: Mapped[int | None] = mapped_column(BigInteger)
+    finalizing_at: Mapped[int | None] = mapped_column(BigInteger)
+    completed_at: Mapped[int | None] = mapped_column(BigInteger)
+    failed_at: Mapped[int | None] = mapped_column(BigInteger)
+    expired_at: Mapped[int | None] = mapped_column(BigInteger)
+    cancelling_at: Mapped[int | None] = mapped_column(BigInteger)
+    cancelled_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    # Lease on the batch-level steps (validation, finalization) so exactly one worker
+    # does them and a dead worker's step is taken over after the lease runs out.
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+
+
+class WorkUnitRow(Base):
+    """A contiguous range of request lines of one batch and one model, claimed with a lease."""
+
+    __tablename__ = "work_units"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "index"),
+        Index("ix_work_units_claim", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(256))
+    first_request: Mapped[int] = mapped_column(Integer)
+    request_count: Mapped[int] = mapped_column(Integer)
+    byte_start: Mapped[int] = mapped_column(BigInteger)
+    byte_end: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|leased|done
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    engine_failures: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ResultRow(Base):
+    """One finished request: its complete output or error line, written durably the moment
+    it finishes. Finalization streams these into the output and error files."""
+
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("batch_id", "request_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    request_index: Mapped[int] = mapped_column(Integer)
+    is_error: Mapped[bool] = mapped_column(Boolean)
+    payload: Mapped[str] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(128))
+
+
+class BatchEventRow(Base):
+    """What happened to a batch and when (status changes, worker events)."""
+
+    __tablename__ = "batch_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class WorkerRow(Base):
+    """Heartbeat of each worker process, for ``/ready`` and the queue view."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    loaded_model: Mapped[str | None] = mapped_column(String(256))
+    current_batch_id: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32), default="idle")

@@ -1,0 +1,267 @@
+"""llama.cpp engine (llama-cpp-python): GGUF models on a laptop CPU, and the test engine.
+
+Requests run one at a time. Chat requests go through the model's own chat template (from
+the GGUF metadata); generation is checked after every token, so a cancel stops it at once.
+Log-probabilities are computed from the raw logits of each step, as OpenAI reports them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batch_server.engines.base import (
+    EngineFailure,
+    EngineRequest,
+    EngineResult,
+    Interrupted,
+    RequestRejected,
+    StopCheck,
+)
+from batch_server.engines.protocol import (
+    CHAT,
+    COMPLETIONS,
+    Choice,
+    Sampling,
+    chat_completion,
+    chat_messages,
+    completion_prompts,
+    parse_sampling,
+    text_completion,
+    usage,
+)
+
+
+class LlamaCppEngine:
+    def __init__(self, model_id: str, path: Path, engine_args: dict[str, Any]) -> None:
+        try:
+            from llama_cpp import Llama
+            from llama_cpp import llama_chat_format as chat_format
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise EngineFailure(
+                "llama-cpp-python is not installed: pip install 'vllm-batch-server[llamacpp]'"
+            ) from exc
+        self.model_id = model_id
+        args = {"n_ctx": 2048, "n_threads": os.cpu_count() or 1, "verbose": False}
+        args.update(engine_args)
+        try:
+            self.llm = Llama(model_path=str(path), **args)
+        except Exception as exc:
+            raise EngineFailure(f"llama.cpp could not load {path}: {exc}") from exc
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        self.formatter = None
+        if template:
+            model = self.llm._model
+            self.formatter = chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=model.token_get_text(self.llm.token_eos()),
+                bos_token=model.token_get_text(self.llm.token_bos()),
+            )
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def run(
+        self, requests: Iterable[EngineRequest], should_stop: StopCheck
+    ) -> Iterator[EngineResult]:
+        for req in requests:
+            if should_stop():
+                return
+            try:
+                body = self._respond(req, should_stop)
+            except Interrupted:
+                return
+            except RequestRejected as exc:
+                yield exc.result(req.index)
+                continue
+            yield EngineResult(req.index, 200, body)
+
+    # -- one request ----------------------------------------------------------------------
+
+    def _respond(self, req: EngineRequest, should_stop: StopCheck) -> dict[str, Any]:
+        sampling = parse_sampling(req.endpoint, req.body)
+        if req.endpoint == CHAT:
+            if self.formatter is None:
+                raise RequestRejected(
+                    f"Model '{self.model_id}' has no chat template; use /v1/completions",
+                    code="unsupported_endpoint",
+                )
+            formatted = self.formatter(messages=chat_messages(req.body))
+            stops = sampling.stop + [s for s in (formatted.stop or []) if s]
+            prompts: list[str | list[int]] = [formatted.prompt]
+            sampling.stop = stops
+        elif req.endpoint == COMPLETIONS:
+            prompts = completion_prompts(req.body)
+        else:
+            raise RequestRejected(
+                f"Endpoint {req.endpoint} is not served by llama.cpp", code="unsupported_endpoint"
+            )
+        choices: list[Choice] = []
+        prompt_tokens = completion_tokens = 0
+        for prompt in prompts:
+            for i in range(sampling.n):
+                seed = None if sampling.seed is None else sampling.seed + i
+                choice, p_tok, c_tok = self._generate(
+                    prompt, sampling, seed, req.endpoint, should_stop
+                )
+                choices.append(choice)
+                completion_tokens += c_tok
+                if i == 0:
+                    prompt_tokens += p_tok
+        use = usage(prompt_tokens, completion_tokens)
+        if req.endpoint == CHAT:
+            return chat_completion(self.model_id, choices, use)
+        return text_completion(self.model_id, choices, use)
+
+    def _generate(
+        self,
+        prompt: str | list[int],
+        s: Sampling,
+        seed: int | None,
+        endpoint: str,
+        should_stop: StopCheck,
+    ) -> tuple[Choice, int, int]:
+        from llama_cpp import LogitsProcessorList, StoppingCriteriaList
+
+        # The processor sees each step's raw logits before sampling, and (in input_ids) the
+        # token sampled at the step before: so it can log-prob every token but the last.
+        steps: list[Step] = []
+        latest: list[np.ndarray] = []
+
+        def capture(input_ids: Any, scores: np.ndarray) -> np.ndarray:
+            if latest:
+                steps.append(Step.of(int(input_ids[-1]), latest.pop(), s.top_logprobs))
+            top = float(scores.max())
+            latest.append(scores - top - np.log(np.exp(scores - top).sum()))
+            return scores
+
+        kwargs: dict[str, Any] = {
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": int(s.extra.get("top_k", 0)),
+            "min_p": float(s.extra.get("min_p", 0.0)),
+            "repeat_penalty": float(s.extra.get("repetition_penalty", 1.0)),
+            "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "stop": s.stop,
+            "seed": seed,
+            "stopping_criteria": StoppingCriteriaList([lambda _ids, _logits: should_stop()]),
+        }
+        if s.logprobs:
+            kwargs["logits_processor"] = LogitsProcessorList([capture])
+        if s.response_format:
+            kwargs["grammar"] = self._grammar(s.response_format)
+        try:
+            out = self.llm.create_completion(prompt, **kwargs)
+        except ValueError as exc:
+            message = str(exc)
+            code = "context_length_exceeded" if "context window" in message else "invalid_request"
+            raise RequestRejected(message, code=code) from exc
+        if should_stop():
+            raise Interrupted()
+        choice = out["choices"][0]
+        text = choice["text"]
+        logprobs = None
+        if s.logprobs:
+            logprobs = self._logprobs(steps, latest, text, s.top_logprobs, endpoint)
+        finish = choice.get("finish_reason") or "stop"
+        use = out["usage"]
+        return Choice(text, finish, logprobs), use["prompt_tokens"], use["completion_tokens"]
+
+    def _grammar(self, fmt: dict[str, Any]) -> Any:
+        from llama_cpp import LlamaGrammar
+        from llama_cpp.llama_grammar import JSON_GBNF
+
+        try:
+            if fmt["type"] == "json_schema":
+                schema = (fmt.get("json_schema") or {}).get("schema")
+                if not isinstance(schema, dict):
+                    raise RequestRejected(
+                        "'response_format.json_schema.schema' must be an object",
+                        param="response_format",
+                    )
+                return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        except RequestRejected:
+            raise
+        except Exception as exc:
+            raise RequestRejected(
+                f"Unsupported JSON schema: {exc}", param="response_format"
+            ) from exc
+
+    def _logprobs(
+        self, steps: list[Step], latest: list[np.ndarray], text: str, top: int, endpoint: str
+    ) -> dict[str, Any]:
+        """OpenAI-shaped log-probabilities of the tokens that make up ``text`` (tokens of a
+        stop sequence that was cut off are left out)."""
+        target = text.encode()
+        pieces = [self.llm.detokenize([st.token]) for st in steps]
+        covered = sum(len(p) for p in pieces)
+        if covered < len(target) and latest:
+            # the last sampled token was never fed back: recover it from the text
+            rest = self.llm.tokenize(target[covered:], add_bos=False, special=True)
+            if len(rest) == 1:
+                steps.append(Step.of(rest[0], latest[0], top))
+                pieces.append(self.llm.detokenize(rest))
+        entries: list[dict[str, Any]] = []
+        produced = 0
+        for st, piece in zip(steps, pieces, strict=True):
+            if produced >= len(target):
+                break
+            produced += len(piece)
+            alternatives = []
+            for alt, logprob in st.alternatives:
+                alt_bytes = self.llm.detokenize([alt])
+                alternatives.append(
+                    {
+                        "token": alt_bytes.decode(errors="replace"),
+                        "logprob": logprob,
+                        "bytes": list(alt_bytes),
+                    }
+                )
+            entries.append(
+                {
+                    "token": piece.decode(errors="replace"),
+                    "logprob": st.logprob,
+                    "bytes": list(piece),
+                    "top_logprobs": alternatives,
+                }
+            )
+        if endpoint == CHAT:
+            return {"content": entries, "refusal": None}
+        offsets, pos = [], 0
+        for e in entries:
+            offsets.append(pos)
+            pos += len(e["token"])
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{a["token"]: a["logprob"] for a in e["top_logprobs"]} for e in entries]
+            if top
+            else None,
+            "text_offset": offsets,
+        }
+
+
+@dataclass
+class Step:
+    """One generated token with its log-probability and the best alternatives."""
+
+    token: int
+    logprob: float
+    alternatives: list[tuple[int, float]]
+
+    @classmethod
+    def of(cls, token: int, row: np.ndarray, top: int) -> Step:
+        best: list[tuple[int, float]] = []
+        if top:
+            idx = np.argpartition(-row, top)[:top]
+            best = sorted(((int(i), float(row[i])) for i in idx), key=lambda x: -x[1])
+        return cls(token, float(row[token]), best)

@@ -1,0 +1,279 @@
+"""What every engine shares: reading an OpenAI request body into checked generation
+parameters, and building genuine ``chat.completion`` / ``text_completion`` objects."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch_server import ids
+from batch_server.engines.base import RequestRejected
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+# Fields accepted but without effect on generation (so they are not rejected).
+_IGNORED = {
+    "model",
+    "user",
+    "stream",
+    "stream_options",
+    "metadata",
+    "store",
+    "service_tier",
+    "parallel_tool_calls",
+    "modalities",
+    "prediction",
+    "reasoning_effort",
+}
+_SAMPLING = {
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "logit_bias",
+}
+
+
+@dataclass
+class Sampling:
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise RequestRejected(
+            f"'{key}' must be a number between {lo} and {hi}", param=key, code="invalid_value"
+        )
+    return float(value)
+
+
+def _integer(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise RequestRejected(
+            f"'{key}' must be an integer between {lo} and {hi}", param=key, code="invalid_value"
+        )
+    return value
+
+
+def parse_sampling(endpoint: str, body: dict[str, Any]) -> Sampling:
+    """Check and normalise the sampling fields of a request body."""
+    unknown = (
+        set(body)
+        - _SAMPLING
+        - _IGNORED
+        - {
+            "messages",
+            "prompt",
+            "echo",
+            "suffix",
+            "best_of",
+            "input",
+            "encoding_format",
+            "dimensions",
+            "tools",
+            "tool_choice",
+            "functions",
+            "function_call",
+        }
+    )
+    if unknown:
+        name = sorted(unknown)[0]
+        raise RequestRejected(
+            f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter"
+        )
+    s = Sampling()
+    max_tokens = _integer(body, "max_completion_tokens", 1, 10**7)
+    s.max_tokens = max_tokens if max_tokens is not None else _integer(body, "max_tokens", 1, 10**7)
+    s.temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    s.top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    s.presence_penalty = _number(body, "presence_penalty", 0.0, -2.0, 2.0)
+    s.frequency_penalty = _number(body, "frequency_penalty", 0.0, -2.0, 2.0)
+    s.seed = _integer(body, "seed", -(2**63), 2**63 - 1)
+    s.n = _integer(body, "n", 1, 128) or 1
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        s.stop = [stop]
+    elif isinstance(stop, list) and all(isinstance(x, str) for x in stop) and len(stop) <= 4:
+        s.stop = list(stop)
+    elif stop is not None:
+        raise RequestRejected(
+            "'stop' must be a string or a list of up to 4 strings",
+            param="stop",
+            code="invalid_value",
+        )
+    s.stop = [x for x in s.stop if x]
+    if endpoint == CHAT:
+        logprobs = body.get("logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise RequestRejected(
+                "'logprobs' must be a boolean", param="logprobs", code="invalid_value"
+            )
+        s.logprobs = bool(logprobs)
+        s.top_logprobs = _integer(body, "top_logprobs", 0, 20) or 0
+        if s.top_logprobs and not s.logprobs:
+            raise RequestRejected(
+                "'top_logprobs' requires 'logprobs' to be true",
+                param="top_logprobs",
+                code="invalid_value",
+            )
+    else:
+        top = _integer(body, "logprobs", 0, 5)
+        s.logprobs = top is not None
+        s.top_logprobs = top or 0
+    fmt = body.get("response_format")
+    if fmt is not None and (
+        not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema")
+    ):
+        raise RequestRejected(
+            "'response_format.type' must be text, json_object or json_schema",
+            param="response_format",
+            code="invalid_value",
+        )
+    s.response_format = fmt if fmt and fmt.get("type") != "text" else None
+    s.extra = {k: body[k] for k in ("top_k", "min_p", "repetition_penalty") if k in body}
+    return s
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation with content parts flattened to text (only text is supported)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestRejected(
+            "'messages' must be a non-empty list", param="messages", code="invalid_value"
+        )
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in (
+            "system",
+            "developer",
+            "user",
+            "assistant",
+            "tool",
+        ):
+            raise RequestRejected(
+                f"messages[{i}] needs a valid 'role'", param=f"messages[{i}]", code="invalid_value"
+            )
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    raise RequestRejected(
+                        f"messages[{i}]: only text content parts are supported by this model",
+                        param=f"messages[{i}].content",
+                        code="unsupported_content",
+                    )
+                parts.append(str(part.get("text", "")))
+            content = "".join(parts)
+        elif content is None:
+            content = ""
+        elif not isinstance(content, str):
+            raise RequestRejected(
+                f"messages[{i}].content must be a string or a list of parts",
+                param=f"messages[{i}].content",
+                code="invalid_value",
+            )
+        role = "system" if m["role"] == "developer" else m["role"]
+        out.append({"role": role, "content": content})
+    return out
+
+
+def completion_prompts(body: dict[str, Any]) -> list[str | list[int]]:
+    """The prompt(s) of a ``/v1/completions`` body: a string, a list of strings, a list of
+    token ids or a list of such lists."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(isinstance(t, int) for t in prompt):
+            return [list(prompt)]
+        if all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt):
+            return [list(p) for p in prompt]
+    raise RequestRejected(
+        "'prompt' must be a string, a list of strings or token ids",
+        param="prompt",
+        code="invalid_value",
+    )
+
+
+@dataclass
+class Choice:
+    text: str
+    finish_reason: str
+    logprobs: dict[str, Any] | None = None
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+def chat_completion(model: str, choices: list[Choice], use: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": ids.completion_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "logprobs": c.logprobs,
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(choices)
+        ],
+        "usage": use,
+    }
+
+
+def text_completion(model: str, choices: list[Choice], use: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": ids.completion_id("cmpl"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {"index": i, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
+            for i, c in enumerate(choices)
+        ],
+        "usage": use,
+    }

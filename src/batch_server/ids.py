@@ -1,0 +1,34 @@
+"""OpenAI-style identifiers."""
+
+import secrets
+import string
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def file_id() -> str:
+    return f"file-{_random(24)}"
+
+
+def batch_id() -> str:
+    return f"batch_{secrets.token_hex(16)}"
+
+
+def batch_request_id() -> str:
+    return f"batch_req_{secrets.token_hex(16)}"
+
+
+def request_id() -> str:
+    return f"req_{secrets.token_hex(16)}"
+
+
+def completion_id(prefix: str) -> str:
+    return f"{prefix}-{_random(29)}"
+
+
+def token() -> str:
+    return secrets.token_hex(16)

@@ -1,0 +1,1 @@
+"""The job system: validation, status lifecycle, work units and leases, finalization."""

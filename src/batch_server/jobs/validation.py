@@ -1,0 +1,227 @@
+"""Streaming validation of a batch input file.
+
+Reads the file once, line by line, and either returns the work units to run or the list
+of errors (with 1-based line numbers) that fail the batch. Memory holds one line plus the
+set of custom_ids seen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from sqlalchemy import insert, update
+
+from batch_server.config import Settings
+from batch_server.db.session import Database
+from batch_server.db.tables import BatchRow, WorkUnitRow
+from batch_server.jobs import lifecycle
+from batch_server.storage import FileStore
+
+
+@dataclass
+class Unit:
+    index: int
+    model: str
+    first_request: int  # index of the first request (0-based, among request lines)
+    request_count: int
+    byte_start: int
+    byte_end: int
+
+
+@dataclass
+class Validation:
+    total: int = 0
+    units: list[Unit] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    models: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ParsedLine:
+    line_no: int  # 1-based physical line number in the file
+    byte_start: int
+    byte_end: int
+    raw: bytes
+
+
+def iter_lines(fh: BinaryIO, start: int = 0) -> Iterator[ParsedLine]:
+    """Yield the non-blank lines of ``fh`` from byte ``start`` with their byte ranges."""
+    fh.seek(start)
+    offset = start
+    for line_no, raw in enumerate(fh, start=1):
+        begin, offset = offset, offset + len(raw)
+        if raw.strip():
+            yield ParsedLine(line_no, begin, offset, raw)
+
+
+def validate(
+    fh: BinaryIO,
+    *,
+    endpoint: str,
+    batch_model: str | None,
+    aliases: dict[str, str],
+    max_requests: int,
+    unit_size: int,
+    max_errors: int,
+) -> Validation:
+    result = Validation()
+    seen: set[str] = set()
+    current: Unit | None = None
+
+    def error(code: str, message: str, line: int | None, param: str | None = None) -> None:
+        if len(result.errors) < max_errors:
+            result.errors.append({"code": code, "message": message, "param": param, "line": line})
+
+    for pl in iter_lines(fh):
+        n = pl.line_no
+        try:
+            obj = json.loads(pl.raw)
+        except UnicodeDecodeError:
+            error("invalid_encoding", f"Line {n} is not valid UTF-8.", n)
+            continue
+        except ValueError as exc:
+            error("invalid_json_line", f"Line {n} is not valid JSON: {exc}.", n)
+            continue
+        if not isinstance(obj, dict):
+            error("invalid_json_line", f"Line {n} is not a JSON object.", n)
+            continue
+        custom_id = obj.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            error(
+                "missing_required_parameter", f"Line {n} has no 'custom_id' string.", n, "custom_id"
+            )
+            continue
+        if custom_id in seen:
+            error(
+                "duplicate_custom_id",
+                f"Line {n}: custom_id '{custom_id[:200]}' appears more than once.",
+                n,
+                "custom_id",
+            )
+            continue
+        seen.add(custom_id)
+        if obj.get("method") != "POST":
+            error("invalid_method", f"Line {n}: 'method' must be 'POST'.", n, "method")
+            continue
+        if obj.get("url") != endpoint:
+            error(
+                "mismatched_endpoint",
+                f"Line {n}: 'url' {obj.get('url')!r} does not match the batch endpoint "
+                f"'{endpoint}'.",
+                n,
+                "url",
+            )
+            continue
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            error("invalid_body", f"Line {n}: 'body' must be a JSON object.", n, "body")
+            continue
+        name = body.get("model") or batch_model
+        if not name:
+            error(
+                "missing_required_parameter",
+                f"Line {n}: no model given (set body.model or the batch's model).",
+                n,
+                "body.model",
+            )
+            continue
+        model = aliases.get(name)
+        if model is None:
+            error(
+                "model_not_found",
+                f"Line {n}: model '{name}' is not served here (see GET /v1/models).",
+                n,
+                "body.model",
+            )
+            continue
+        result.total += 1
+        if result.total > max_requests:
+            error(
+                "too_many_requests",
+                f"The file has more than {max_requests} requests, the limit per batch.",
+                n,
+            )
+            break
+        if result.errors:
+            continue  # keep scanning for errors, but build no units
+        result.models.add(model)
+        if current is None or current.model != model or current.request_count >= unit_size:
+            current = Unit(len(result.units), model, result.total - 1, 0, pl.byte_start, 0)
+            result.units.append(current)
+        current.request_count += 1
+        current.byte_end = pl.byte_end
+
+    if result.total == 0 and not result.errors:
+        error("empty_file", "The input file has no requests.", None)
+    if result.errors:
+        result.units.clear()
+    return result
+
+
+def validate_batch(
+    db: Database, store: FileStore, settings: Settings, batch_id: str, token: str
+) -> str:
+    """The worker's validation step: validate the input file, then move the batch to
+    ``in_progress`` with its work units, or to ``failed`` with the errors."""
+    with db.read() as s:
+        batch = lifecycle.get_batch(s, batch_id)
+        assert batch is not None
+    with store.open(batch.input_file_id) as fh:
+        result = validate(
+            fh,
+            endpoint=batch.endpoint,
+            batch_model=batch.model,
+            aliases=settings.model_aliases(),
+            max_requests=settings.max_requests_per_batch,
+            unit_size=settings.unit_size,
+            max_errors=settings.max_validation_errors,
+        )
+    with db.write() as s:
+        owned = s.execute(
+            update(BatchRow)
+            .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
+            .values(lease_token=None, lease_expires_at=None)
+        ).rowcount
+        if not owned:
+            return batch.status
+        if result.errors:
+            lifecycle.transition(
+                s,
+                batch_id,
+                "failed",
+                f"validation failed: {len(result.errors)} error(s)",
+                errors=result.errors,
+            )
+            return "failed"
+        model = next(iter(result.models)) if len(result.models) == 1 else batch.model
+        if not lifecycle.transition(
+            s,
+            batch_id,
+            "in_progress",
+            f"validated: {result.total} requests in {len(result.units)} units",
+            total=result.total,
+            model=model,
+        ):
+            return batch.status  # cancelled or expired meanwhile
+        s.execute(
+            insert(WorkUnitRow),
+            [
+                {
+                    "batch_id": batch_id,
+                    "index": u.index,
+                    "model": u.model,
+                    "first_request": u.first_request,
+                    "request_count": u.request_count,
+                    "byte_start": u.byte_start,
+                    "byte_end": u.byte_end,
+                    "status": "pending",
+                    "attempts": 0,
+                    "engine_failures": 0,
+                }
+                for u in result.units
+            ],
+        )
+    return "in_progress"

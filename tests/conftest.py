@@ -1,0 +1,196 @@
+"""Test harness: real server and worker processes on free ports, driven over HTTP with the
+official ``openai`` SDK and the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A ``batch-server`` subprocess with its log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._fh = open(log, "ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "batch_server", *args],
+            env=env,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill9(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self._fh.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Cluster:
+    """A data directory with an API server and any number of worker processes."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        settings: dict[str, Any] | None = None,
+        in_process_worker: bool = True,
+        database_url: str | None = None,
+    ) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "BATCH_SERVER_DATA_DIR": str(tmp / "data"),
+                "BATCH_SERVER_PORT": str(self.port),
+                "BATCH_SERVER_HOST": "127.0.0.1",
+            }
+        )
+        if database_url:
+            self.env["BATCH_SERVER_DATABASE_URL"] = database_url
+        for key, value in (settings or {}).items():
+            self.env[f"BATCH_SERVER_{key.upper()}"] = str(value)
+        args = ["serve"] + ([] if in_process_worker else ["--no-worker"])
+        self.server = Proc(args, self.env, tmp / "server.log")
+        self.workers: list[Proc] = []
+        self._wait_up()
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="test", max_retries=0)
+
+    def _wait_up(self) -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.server.popen.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.server.output()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server did not start:\n{self.server.output()}")
+
+    def start_worker(self, extra_env: dict[str, str] | None = None) -> Proc:
+        env = dict(self.env, **(extra_env or {}))
+        proc = Proc(["worker"], env, self.tmp / f"worker{len(self.workers)}.log")
+        self.workers.append(proc)
+        return proc
+
+    def close(self) -> None:
+        self.http.close()
+        for proc in [*self.workers, self.server]:
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One shared server with an in-process worker (small limits to test them)."""
+    c = Cluster(
+        tmp_path_factory.mktemp("shared"),
+        {"max_upload_bytes": 2_000_000, "max_requests_per_batch": 60, "unit_size": 4},
+    )
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def client(cluster: Cluster) -> openai.OpenAI:
+    return cluster.client
+
+
+# -- helpers used by several test modules --------------------------------------------------
+
+
+def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
+    body = {
+        "model": "smollm2-135m-instruct",
+        "max_tokens": 8,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": content}],
+        **body,
+    }
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def jsonl(lines: list[dict[str, Any]] | list[str]) -> bytes:
+    return "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
+
+
+def upload(client: openai.OpenAI, data: bytes, name: str = "input.jsonl") -> str:
+    return client.files.create(file=(name, data), purpose="batch").id
+
+
+def submit(
+    client: openai.OpenAI,
+    lines: list[dict[str, Any]] | list[str],
+    endpoint: str = "/v1/chat/completions",
+    **kwargs: Any,
+) -> Any:
+    file_id = upload(client, jsonl(lines))
+    return client.batches.create(
+        input_file_id=file_id,
+        endpoint=endpoint,
+        completion_window=kwargs.pop("completion_window", "24h"),
+        **kwargs,
+    )
+
+
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def wait_for(
+    client: openai.OpenAI,
+    batch_id: str,
+    statuses: tuple[str, ...] = TERMINAL,
+    timeout: float = 120,
+    predicate: Any = None,
+) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses and (predicate is None or predicate(batch)):
+            return batch
+        if predicate is None and batch.status in TERMINAL:
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s: {batch}")
+
+
+def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    text = client.files.content(file_id).text
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
