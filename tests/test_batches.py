@@ -7,6 +7,7 @@ import json
 import httpx
 import openai
 import pytest
+
 from conftest import TERMINAL, Cluster, chat_line, jsonl, read_lines, submit, wait_for
 
 
@@ -265,3 +266,34 @@ def test_output_files_are_files(client: openai.OpenAI) -> None:
     listed = [f.id for f in client.files.list(purpose="batch_output")]
     assert batch.output_file_id in listed
     assert json.loads(client.files.content(batch.output_file_id).text)["custom_id"] == "a"
+
+
+def test_structured_output(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    lines = [
+        chat_line(
+            "schema",
+            "Invent a person.",
+            max_tokens=60,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "person", "schema": schema},
+            },
+        ),
+        chat_line(
+            "object",
+            "Give a JSON object with a key 'a'.",
+            max_tokens=40,
+            response_format={"type": "json_object"},
+        ),
+    ]
+    batch = wait_for(client, submit(client, lines).id)
+    out = {o["custom_id"]: o["response"]["body"] for o in read_lines(client, batch.output_file_id)}
+    person = json.loads(out["schema"]["choices"][0]["message"]["content"])
+    assert isinstance(person["name"], str)
+    assert isinstance(person["age"], int)
+    assert out["object"]["choices"][0]["finish_reason"] in ("stop", "length")

@@ -6,6 +6,7 @@ import json
 
 import openai
 import pytest
+
 from conftest import chat_line, read_lines, submit, upload, wait_for
 
 

@@ -88,7 +88,7 @@ class Worker:
         step = self.queue.claim_batch_step(self.id)
         if step is not None:
             batch_id, kind, token = step
-            self._set_state(kind + ("ing" if kind == "finalize" else ""), batch_id)
+            self._set_state("validating" if kind == "validate" else "finalizing", batch_id)
             if kind == "validate":
                 validate_batch(self.db, self.store, self.settings, batch_id, token)
             else:
@@ -112,6 +112,15 @@ class Worker:
         done = self.queue.done_indexes(claim)
         requests = [r for r in self._read_requests(claim) if r.index not in done]
         custom_ids = {r.index: r.custom_id for r in requests}
+        self.queue.log(
+            claim.batch_id,
+            "unit",
+            f"unit {claim.index} on {self.id}: {len(requests)} to run, "
+            f"{len(done)} already finished",
+        )
+        if not requests:
+            self.queue.complete_unit(claim)
+            return
         try:
             engine = self._engine_for(claim.model)
         except EngineFailure as exc:

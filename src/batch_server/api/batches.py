@@ -16,7 +16,7 @@ from batch_server.api.deps import Ctx, check_limit, paginate
 from batch_server.api.files import get_file, store_upload
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
-from batch_server.db.tables import BatchRow
+from batch_server.db.tables import BatchEventRow, BatchRow
 from batch_server.errors import APIError, Conflict, NotFound
 from batch_server.jobs import lifecycle
 from batch_server.openai_types import (
@@ -201,3 +201,17 @@ def cancel_batch(batch_id: str, ctx: Ctx) -> dict:
                 )
         ctx.wake.set()
     return batch_object(load(ctx, batch_id))
+
+
+@router.get("/{batch_id}/logs")
+def batch_logs(batch_id: str, ctx: Ctx) -> dict:
+    """What happened to the batch, oldest first (status changes, units, engine errors)."""
+    load(ctx, batch_id)
+    with ctx.db.read() as s:
+        events = s.execute(
+            select(BatchEventRow)
+            .where(BatchEventRow.batch_id == batch_id)
+            .order_by(BatchEventRow.id)
+        ).scalars()
+        data = [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
+    return {"object": "list", "batch_id": batch_id, "data": data}

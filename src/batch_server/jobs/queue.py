@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, case, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,7 @@ class LeaseLost(Exception):
 @dataclass(frozen=True)
 class Claim:
     unit_id: int
+    index: int
     token: str
     batch_id: str
     model: str
@@ -112,6 +113,7 @@ class Queue:
                     )
                 return Claim(
                     unit_id=claimed.id,
+                    index=claimed.index,
                     token=token,
                     batch_id=batch.id,
                     model=claimed.model,
@@ -367,10 +369,6 @@ class Queue:
     def delete_results(s: Session, batch_id: str) -> None:
         s.execute(delete(ResultRow).where(ResultRow.batch_id == batch_id))
 
-    def queue_depth(self) -> int:
-        with self.db.read() as s:
-            return s.execute(
-                select(func.count())
-                .select_from(BatchRow)
-                .where(BatchRow.status.in_(lifecycle.LIVE))
-            ).scalar_one()
+    def log(self, batch_id: str, kind: str, message: str) -> None:
+        with self.db.write() as s:
+            lifecycle.log_event(s, batch_id, kind, message)

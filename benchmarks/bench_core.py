@@ -1,0 +1,170 @@
+"""End-to-end overhead of the server against the bare engine, measured in one run.
+
+1. The same 200 chat requests straight through the llama.cpp engine in this process
+   (the baseline), then through a real server with the official ``openai`` SDK
+   (upload → create → poll → completed). Prints the throughput ratio.
+2. Submit-to-completed latency of a one-request batch on a warm model, next to the time
+   the engine alone needs for that request.
+
+Run: ``.venv/bin/python benchmarks/bench_core.py [--requests 200] [--max-tokens 32]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from batch_server.config import DEFAULT_MODEL_ID, default_models
+from batch_server.engines import load_engine
+from batch_server.engines.base import EngineRequest
+
+TOPICS = [
+    "the sea",
+    "a mountain",
+    "coffee",
+    "trains",
+    "the moon",
+    "a library",
+    "rain",
+    "bicycles",
+    "winter",
+    "a market",
+]
+
+
+def requests(n: int, max_tokens: int) -> list[dict]:
+    return [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": DEFAULT_MODEL_ID,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": f"Write two sentences about {TOPICS[i % 10]} ({i}).",
+                    }
+                ],
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def run_engine(lines: list[dict]) -> tuple[float, int]:
+    """Seconds and completion tokens for the requests straight through the engine."""
+    engine = load_engine(DEFAULT_MODEL_ID, default_models()[DEFAULT_MODEL_ID])
+    reqs = [EngineRequest(i, x["custom_id"], x["url"], x["body"]) for i, x in enumerate(lines)]
+    started = time.perf_counter()
+    tokens = sum(r.body["usage"]["completion_tokens"] for r in engine.run(reqs, lambda: False))
+    elapsed = time.perf_counter() - started
+    engine.close()
+    return elapsed, tokens
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(data_dir), BATCH_SERVER_PORT=str(port))
+    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batch_server", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server did not become ready")
+
+
+def run_batch(client: openai.OpenAI, lines: list[dict], poll: float) -> tuple[float, dict]:
+    """Seconds from upload to ``completed`` as a client sees it."""
+    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    started = time.perf_counter()
+    file_id = client.files.create(file=("bench.jsonl", data), purpose="batch").id
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(poll)
+        batch = client.batches.retrieve(batch.id)
+    elapsed = time.perf_counter() - started
+    assert batch.status == "completed", batch
+    return elapsed, batch.model_dump()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--latency-runs", type=int, default=5)
+    args = parser.parse_args()
+    lines = requests(args.requests, args.max_tokens)
+
+    engine_s, engine_tokens = run_engine(lines)
+    one = requests(1, 16)
+    engine_one = statistics.median(run_engine(one)[0] for _ in range(args.latency_runs))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(Path(tmp))
+        try:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="bench")
+            server_s, batch = run_batch(client, lines, poll=0.5)
+            latencies = [run_batch(client, one, poll=0.02)[0] for _ in range(args.latency_runs)]
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+    server_tokens = batch["usage"]["output_tokens"]
+    engine_rps, server_rps = args.requests / engine_s, args.requests / server_s
+    print(
+        f"requests: {args.requests}, max_tokens: {args.max_tokens}, "
+        f"model: {DEFAULT_MODEL_ID} (llama.cpp, {os.cpu_count()} CPU cores)"
+    )
+    print(
+        f"engine alone:  {engine_s:7.2f} s  {engine_rps:6.2f} req/s  "
+        f"{engine_tokens / engine_s:7.1f} tok/s"
+    )
+    print(
+        f"through server:{server_s:7.2f} s  {server_rps:6.2f} req/s  "
+        f"{server_tokens / server_s:7.1f} tok/s  (upload → completed, polled every 0.5 s)"
+    )
+    print(f"throughput ratio server/engine: {server_rps / engine_rps:.3f}")
+    print(
+        f"one-request batch, submit → completed: median {statistics.median(latencies):.3f} s "
+        f"(min {min(latencies):.3f}, max {max(latencies):.3f}); "
+        f"engine alone for that request: {engine_one:.3f} s; "
+        f"overhead {statistics.median(latencies) - engine_one:.3f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
