@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pgserver import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,6 +80,7 @@ class Cluster:
         in_process_worker: bool = True,
         database_url: str | None = None,
         config: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.port = free_port()
@@ -93,6 +95,7 @@ class Cluster:
         )
         if database_url:
             self.env["BATCH_SERVER_DATABASE_URL"] = database_url
+        self.env.update(env or {})
         for key, value in (settings or {}).items():
             self.env[f"BATCH_SERVER_{key.upper()}"] = str(value)
         self.config_args: list[str] = []
@@ -132,11 +135,41 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (started only when a test needs it)."""
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+DATABASES = pytest.mark.parametrize(
+    "database", ["sqlite", "postgresql"], indirect=True, scope="session"
+)
+"""Mark a test (or module) to run against SQLite and against PostgreSQL."""
+
+
+@pytest.fixture(scope="session")
+def database(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` unless a test is parametrized with :data:`DATABASES`."""
+    return getattr(request, "param", "sqlite")
+
+
+def database_url(request: pytest.FixtureRequest, database: str) -> str | None:
+    """A fresh database of the requested kind (``None``: SQLite in the data directory)."""
+    if database == "postgresql":
+        return request.getfixturevalue("postgres").create_database()
+    return None
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, database: str
+) -> Iterator[Cluster]:
     """One shared server with an in-process worker (small limits to test them)."""
     c = Cluster(
-        tmp_path_factory.mktemp("shared"),
+        tmp_path_factory.mktemp(f"shared-{database}"),
         {"max_upload_bytes": 2_000_000, "max_requests_per_batch": 60, "unit_size": 4},
+        database_url=database_url(request, database),
     )
     yield c
     c.close()

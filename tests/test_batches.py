@@ -8,7 +8,9 @@ import httpx
 import openai
 import pytest
 
-from conftest import TERMINAL, Cluster, chat_line, jsonl, read_lines, submit, wait_for
+from conftest import DATABASES, TERMINAL, Cluster, chat_line, jsonl, read_lines, submit, wait_for
+
+pytestmark = DATABASES
 
 
 def test_chat_batch_end_to_end(client: openai.OpenAI) -> None:

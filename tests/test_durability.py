@@ -10,7 +10,16 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import ONE_THREAD_REGISTRY, Cluster, chat_line, read_lines, submit, wait_for
+from conftest import (
+    DATABASES,
+    ONE_THREAD_REGISTRY,
+    Cluster,
+    chat_line,
+    database_url,
+    read_lines,
+    submit,
+    wait_for,
+)
 
 STORY = "Write a long story about a lighthouse keeper."
 
@@ -86,18 +95,20 @@ def test_completion_window_expiry(client: openai.OpenAI) -> None:
 
 
 @pytest.fixture
-def split_cluster(tmp_path: Path):
+def split_cluster(tmp_path: Path, request: pytest.FixtureRequest, database: str):
     """An API server without a worker; the test starts worker processes itself."""
     c = Cluster(
         tmp_path,
         {"unit_size": 3, "lease_seconds": 3, "poll_seconds": 0.2},
         in_process_worker=False,
+        database_url=database_url(request, database),
         config=ONE_THREAD_REGISTRY,
     )
     yield c
     c.close()
 
 
+@DATABASES
 def test_worker_killed_with_sigkill_resumes_exactly_once(split_cluster: Cluster) -> None:
     c = split_cluster
     lines = story_lines(18, max_tokens=32)
@@ -127,6 +138,7 @@ def test_worker_killed_with_sigkill_resumes_exactly_once(split_cluster: Cluster)
     assert done_before >= 4
 
 
+@DATABASES
 def test_two_workers_share_one_database(split_cluster: Cluster) -> None:
     c = split_cluster
     lines = story_lines(24, max_tokens=16)

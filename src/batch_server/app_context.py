@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 
 from batch_server.config import Settings
 from batch_server.db.session import Database
-from batch_server.storage import FileStore
+from batch_server.storage import FileStore, make_store
+from batch_server.wakeup import Wakeup
 
 
 @dataclass
@@ -16,8 +16,8 @@ class AppContext:
     settings: Settings
     db: Database
     store: FileStore
-    # Set when new work arrives, so an in-process worker starts at once.
-    wake: threading.Event = field(default_factory=threading.Event)
+    # Notified when new work arrives, so workers (here, or on other hosts) start at once.
+    wake: Wakeup
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -25,4 +25,4 @@ class AppContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
         db.migrate()
-        return cls(settings=settings, db=db, store=FileStore(settings.files_dir))
+        return cls(settings=settings, db=db, store=make_store(settings), wake=Wakeup(db))

@@ -28,14 +28,25 @@ class ModelSpec(BaseModel):
 
     engine: EngineName = "llamacpp"
     path: str = Field(
+        default="",
         description=(
             "Local path of the weights, or 'package:DIST_MODULE/relative/file' for weights "
-            "shipped inside an installed Python package. Nothing is downloaded at run time."
-        )
+            "shipped inside an installed Python package. Nothing is downloaded at run time. "
+            "Not used by the 'openai' engine (its upstream is in engine_args)."
+        ),
     )
     aliases: list[str] = Field(default_factory=list)
     engine_args: dict[str, Any] = Field(default_factory=dict)
     install_hint: str | None = None
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ModelSpec:
+        if self.engine == "openai":
+            if not isinstance(self.engine_args.get("base_url"), str):
+                raise ValueError("engine 'openai' needs engine_args.base_url (the upstream's /v1)")
+        elif not self.path:
+            raise ValueError(f"engine {self.engine!r} needs 'path' (where the weights are)")
+        return self
 
     def resolve_path(self) -> Path:
         """Return the weights' local path or raise :class:`ModelNotAvailable` saying why."""
@@ -82,6 +93,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file in the data directory"
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where file bytes live: a directory, or s3://BUCKET/PREFIX; "
+        "default: data_dir/files",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, …); default: AWS"
     )
     host: str = "127.0.0.1"
     port: int = 4080

@@ -1,24 +1,66 @@
 """Bytes of uploaded and produced files, kept apart from their metadata in the database.
 
-Keys are ids this server generated (never user input), so no key can reach a path
-outside the store. Writes go to a temporary name and are renamed into place, so a file
-is either complete or absent.
+One interface (:class:`FileStore`), two stores chosen by ``Settings.storage_url``: a local
+directory (a mount shared by several hosts) and S3-compatible object storage. Keys are ids
+this server generated (never user input), so no key can reach a path outside the store.
+A file is either complete or absent: local writes go to a temporary name and are renamed
+into place; S3 objects appear when their (multipart) upload completes. Reads and writes
+stream in chunks; memory holds at most one part.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from batch_server.config import Settings
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 CHUNK = 1024 * 1024
+S3_PART = 8 * 1024 * 1024  # multipart upload part size (S3's minimum is 5 MiB)
 
 
-class FileStore:
+def check_key(key: str) -> str:
+    if not _SAFE_KEY.match(key):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+class FileStore(Protocol):
+    def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """Open ``key`` for writing; the bytes become visible when the block ends cleanly
+        (``write`` and ``tell`` are all a writer needs to support)."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A seekable, buffered reader of ``key`` (supports iterating over lines)."""
+        ...
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Stream ``key`` (or the byte range ``[start, end)``) in chunks."""
+        ...
+
+    def size(self, key: str) -> int: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def make_store(settings: Settings) -> FileStore:
+    """The store named by ``settings.storage_url`` (default: ``data_dir/files``)."""
+    url = settings.storage_url
+    if url and url.startswith("s3://"):
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        return S3FileStore(bucket, prefix, endpoint_url=settings.s3_endpoint_url)
+    return LocalFileStore(Path(url) if url else settings.files_dir)
+
+
+class LocalFileStore:
     """A local directory (which may be a mount shared by several hosts)."""
 
     def __init__(self, root: Path) -> None:
@@ -26,13 +68,10 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
-        if not _SAFE_KEY.match(key):
-            raise ValueError(f"invalid storage key {key!r}")
-        return self.root / key[-2:] / key
+        return self.root / key[-2:] / check_key(key)
 
     @contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
-        """Open ``key`` for writing; the bytes become visible when the block ends cleanly."""
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(final.name + ".part")
@@ -49,7 +88,6 @@ class FileStore:
         return open(self.path(key), "rb")
 
     def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Stream ``key`` (or the byte range ``[start, end)``) in chunks."""
         with self.open(key) as fh:
             fh.seek(start)
             remaining = None if end is None else end - start
@@ -66,3 +104,163 @@ class FileStore:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+
+class S3FileStore:
+    """Objects ``<prefix>/<key>`` in an S3 bucket (AWS, MinIO, Ceph, moto, …). Credentials
+    and region come from boto3's usual sources (``AWS_*`` variables, profiles, roles)."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        if not bucket:
+            raise ValueError("storage_url must name a bucket: s3://BUCKET[/PREFIX]")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except Exception as exc:
+            raise RuntimeError(f"S3 bucket {bucket!r} is not reachable: {exc}") from exc
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        out = _MultipartWriter(self.client, self.bucket, self._key(key))
+        try:
+            yield out  # type: ignore[misc]
+            out.finish()
+        except BaseException:
+            out.abort()
+            raise
+
+    def open(self, key: str) -> BinaryIO:
+        raw = _RangeReader(self.client, self.bucket, self._key(key), self.size(key))
+        return io.BufferedReader(raw, CHUNK)  # type: ignore[return-value]
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        if end is not None and end <= start:
+            return
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if start or end is not None:
+            args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        body = self.client.get_object(**args)["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+
+    def size(self, key: str) -> int:
+        return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
+class _MultipartWriter:
+    """Buffers one part at a time: a small object is one ``PutObject``, a large one a
+    multipart upload that becomes visible only when completed."""
+
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self.client, self.bucket, self.key = client, bucket, key
+        self.buffer = bytearray()
+        self.written = 0
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        self.written += len(data)
+        while len(self.buffer) >= S3_PART:
+            self._upload_part(bytes(self.buffer[:S3_PART]))
+            del self.buffer[:S3_PART]
+        return len(data)
+
+    def tell(self) -> int:
+        return self.written
+
+    def _upload_part(self, data: bytes) -> None:
+        if self.upload_id is None:
+            created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
+            self.upload_id = created["UploadId"]
+        number = len(self.parts) + 1
+        etag = self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+        )["ETag"]
+        self.parts.append({"ETag": etag, "PartNumber": number})
+
+    def finish(self) -> None:
+        if self.upload_id is None:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buffer))
+            return
+        if self.buffer:
+            self._upload_part(bytes(self.buffer))
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": self.parts},
+        )
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
+            )
+
+
+class _RangeReader(io.RawIOBase):
+    """A seekable raw reader over one object: each seek starts a ranged GET, reads stream
+    from its body."""
+
+    def __init__(self, client: Any, bucket: str, key: str, size: int) -> None:
+        self.client, self.bucket, self.key, self.length = client, bucket, key, size
+        self.pos = 0
+        self.body: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        target = max(0, base + offset)
+        if target != self.pos:
+            self._drop_body()
+            self.pos = target
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        if self.pos >= self.length:
+            return 0
+        if self.body is None:
+            self.body = self.client.get_object(
+                Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-"
+            )["Body"]
+        data = self.body.read(len(buffer))
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def _drop_body(self) -> None:
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+
+    def close(self) -> None:
+        self._drop_body()
+        super().close()

@@ -29,6 +29,7 @@ from batch_server.jobs.queue import Claim, LeaseLost, Queue, Result
 from batch_server.jobs.validation import iter_lines, validate_batch
 from batch_server.openai_types import output_line
 from batch_server.storage import FileStore
+from batch_server.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,13 @@ class Worker:
         settings: Settings,
         db: Database,
         store: FileStore,
-        wake: threading.Event | None = None,
+        wake: Wakeup | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.store = store
         self.queue = Queue(db, settings.lease_seconds)
-        self.wake = wake or threading.Event()
+        self.wake = wake or Wakeup(db)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.token()[:6]}"
         self.engine: Engine | None = None
         self.state = "idle"
@@ -59,6 +60,7 @@ class Worker:
         self._register()
         beat = threading.Thread(target=self._beat_loop, name="worker-heartbeat", daemon=True)
         beat.start()
+        self.wake.listen()
         log.info("worker %s started", self.id)
         try:
             while not self._stopping.is_set():
@@ -71,6 +73,7 @@ class Worker:
                 if not busy:
                     self.wake.wait(self.settings.poll_seconds)
         finally:
+            self.wake.close()
             self._close_engine()
             self._unregister()
             log.info("worker %s stopped", self.id)
@@ -90,7 +93,10 @@ class Worker:
             batch_id, kind, token = step
             self._set_state("validating" if kind == "validate" else "finalizing", batch_id)
             if kind == "validate":
-                validate_batch(self.db, self.store, self.settings, batch_id, token)
+                if validate_batch(self.db, self.store, self.settings, batch_id, token) == (
+                    "in_progress"
+                ):
+                    self.wake.notify()  # its units are ready for every worker
             else:
                 finalize(self.db, self.store, self.queue, batch_id, token)
             self._set_state("idle", None)

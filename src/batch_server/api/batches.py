@@ -114,7 +114,7 @@ def create(ctx: AppContext, body: CreateBatchBody) -> dict[str, Any]:
         s.add(row)
         s.flush()
         lifecycle.log_event(s, row.id, "status", "created; status → validating")
-    ctx.wake.set()
+    ctx.wake.notify()
     return batch_object(row)
 
 
@@ -199,7 +199,7 @@ def cancel_batch(batch_id: str, ctx: Ctx) -> dict:
                     param="batch_id",
                     code="invalid_state",
                 )
-        ctx.wake.set()
+        ctx.wake.notify()
     return batch_object(load(ctx, batch_id))
 
 
