@@ -145,6 +145,7 @@ class Worker:
                 self.queue.record(claim, [self._to_result(result, custom_ids)], self.id)
         except LeaseLost:
             stop.set()
+            self._fenced(claim)
             return
         except Exception as exc:  # the engine itself broke: retry elsewhere/later
             stop.set()
@@ -162,11 +163,21 @@ class Worker:
             beat.join()
         try:
             if interrupted:
-                self.queue.release_unit(claim, engine_error=None, max_attempts=0)
+                if not self.queue.release_unit(claim, engine_error=None, max_attempts=0):
+                    self._fenced(claim)
             else:
                 self.queue.complete_unit(claim)
         except LeaseLost:
-            pass
+            self._fenced(claim)
+
+    def _fenced(self, claim: Claim) -> None:
+        log.warning("unit %s of %s is no longer ours", claim.index, claim.batch_id)
+        self.queue.log(
+            claim.batch_id,
+            "unit",
+            f"unit {claim.index}: {self.id} was fenced (lease lost or unit closed); "
+            "its further writes were refused",
+        )
 
     def _unit_heartbeat(self, claim: Claim, stop: threading.Event) -> None:
         interval = min(1.0, self.settings.lease_seconds / 3)

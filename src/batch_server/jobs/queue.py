@@ -225,9 +225,10 @@ class Queue:
             if not s.execute(select(unfinished)).scalar():
                 lifecycle.transition(s, claim.batch_id, "finalizing")
 
-    def release_unit(self, claim: Claim, *, engine_error: str | None, max_attempts: int) -> None:
-        """Give a unit back. After an engine failure it waits (exponential backoff) and after
-        ``max_attempts`` failures the whole batch fails with the engine's message."""
+    def release_unit(self, claim: Claim, *, engine_error: str | None, max_attempts: int) -> bool:
+        """Give a unit back (``False`` if it was no longer ours). After an engine failure it
+        waits (exponential backoff) and after ``max_attempts`` failures the whole batch fails
+        with the engine's message."""
         with self.db.write() as s:
             values: dict[str, Any] = {
                 "status": "pending",
@@ -249,7 +250,7 @@ class Queue:
                 .values(**values)
             ).rowcount
             if not released or engine_error is None:
-                return
+                return bool(released)
             lifecycle.log_event(
                 s,
                 claim.batch_id,
@@ -271,6 +272,7 @@ class Queue:
                         }
                     ],
                 )
+            return True
 
     # -- batch-level steps (validation, finalization) -----------------------------------
 
