@@ -11,6 +11,10 @@ def load_engine(model_id: str, spec: ModelSpec) -> Engine:
     (including a missing model package) when it cannot."""
     from batch_server.config import ModelNotAvailable
 
+    if spec.engine == "openai":
+        from batch_server.engines.openai_upstream import OpenAIUpstreamEngine
+
+        return OpenAIUpstreamEngine(model_id, spec.engine_args)
     try:
         path = spec.resolve_path()
     except ModelNotAvailable as exc:

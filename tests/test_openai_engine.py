@@ -1,0 +1,126 @@
+"""The ``openai`` engine against real upstream servers: llama-cpp-python's
+OpenAI-compatible server with the packaged SmolLM2, and a flaky HTTP upstream that answers
+429 and 503 before it succeeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from batch_server.config import DEFAULT_MODEL_ID, default_models
+from conftest import ROOT, Cluster, chat_line, free_port, read_lines, submit, wait_for
+
+
+class Upstream:
+    """A server subprocess, up once ``url + probe`` answers 200."""
+
+    def __init__(self, args: list[str], log: Path, probe: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, *args, "--port", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert self.popen.poll() is None, log.read_text(errors="replace")
+            try:
+                if httpx.get(self.url + probe, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"upstream did not start: {log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        self._log.close()
+
+
+def registry(base_url: str, **args: object) -> str:
+    extra = "".join(f", {k} = {v!r}" for k, v in args.items()).replace("'", '"')
+    return f"""
+default_model = "upstream"
+[models.upstream]
+engine = "openai"
+engine_args = {{ base_url = "{base_url}/v1"{extra} }}
+"""
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    gguf = default_models()[DEFAULT_MODEL_ID].resolve_path()
+    args = ["-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smol"]
+    args += ["--n_ctx", "512", "--n_threads", "1", "--host", "127.0.0.1"]
+    server = Upstream(args, tmp_path_factory.mktemp("llama") / "upstream.log", "/v1/models")
+    yield server
+    server.stop()
+
+
+def test_batch_through_llama_cpp_server(tmp_path: Path, llama_server: Upstream) -> None:
+    c = Cluster(tmp_path, config=registry(llama_server.url, model="smol", max_concurrency=4))
+    try:
+        lines = [chat_line(f"r{i}", f"Say the number {i}.", model="upstream") for i in range(4)]
+        lines.insert(2, chat_line("too-long", "word " * 800, model="upstream"))
+        batch = wait_for(c.client, submit(c.client, lines).id, timeout=120)
+        assert batch.status == "completed", batch
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 1)
+        out = read_lines(c.client, batch.output_file_id)
+        assert [o["custom_id"] for o in out] == ["r0", "r1", "r2", "r3"]
+        for o in out:
+            body = o["response"]["body"]
+            assert body["object"] == "chat.completion"
+            assert body["choices"][0]["message"]["content"]
+            assert 0 < body["usage"]["completion_tokens"] <= 8
+        assert batch.usage.output_tokens == sum(
+            o["response"]["body"]["usage"]["completion_tokens"] for o in out
+        )
+        [err] = read_lines(c.client, batch.error_file_id)
+        assert err["custom_id"] == "too-long"
+        assert err["response"]["status_code"] == 400  # the upstream's own answer, kept
+        assert "context" in err["response"]["body"]["error"]["message"].lower()
+    finally:
+        c.close()
+
+
+def test_retries_on_429_and_5xx_with_bounded_concurrency(tmp_path: Path) -> None:
+    script = str(ROOT / "tests" / "latency_upstream.py")
+    flaky = Upstream([script, "--latency", "0.1", "--flaky"], tmp_path / "flaky.log", "/stats")
+    c = Cluster(
+        tmp_path,
+        {"unit_size": 20},
+        config=registry(flaky.url, max_concurrency=4, backoff_seconds=0.05, max_retries=3),
+    )
+    try:
+        lines = [chat_line(f"r{i}", f"Hello {i}", model="upstream") for i in range(16)]
+        lines.append(chat_line("rejected", "REJECT this one", model="upstream"))
+        batch = wait_for(c.client, submit(c.client, lines).id, timeout=60)
+        assert batch.status == "completed", batch
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (16, 1)
+        out = read_lines(c.client, batch.output_file_id)
+        assert sorted(o["custom_id"] for o in out) == sorted(f"r{i}" for i in range(16))
+        [err] = read_lines(c.client, batch.error_file_id)
+        assert err["response"]["status_code"] == 400
+        assert err["response"]["body"]["error"]["code"] == "rejected_by_upstream"
+        stats = httpx.get(flaky.url + "/stats").json()
+        assert stats["requests"] == 2 * 16 + 1  # each failed once, then succeeded
+        assert 2 <= stats["max_in_flight"] <= 4
+    finally:
+        c.close()
+        flaky.stop()
