@@ -70,6 +70,40 @@ class Proc:
         return self.log.read_text(errors="replace")
 
 
+class Upstream:
+    """A helper server (an upstream, an S3 server); up once ``url + probe`` answers 200."""
+
+    def __init__(self, args: list[str], log: Path, probe: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, *args, "--port", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert self.popen.poll() is None, log.read_text(errors="replace")
+            try:
+                if httpx.get(self.url + probe, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"upstream did not start: {log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        self._log.close()
+
+
 class Cluster:
     """A data directory with an API server and any number of worker processes."""
 

@@ -4,11 +4,6 @@ OpenAI-compatible server with the packaged SmolLM2, and a flaky HTTP upstream th
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,41 +11,7 @@ import httpx
 import pytest
 
 from batch_server.config import DEFAULT_MODEL_ID, default_models
-from conftest import ROOT, Cluster, chat_line, free_port, read_lines, submit, wait_for
-
-
-class Upstream:
-    """A server subprocess, up once ``url + probe`` answers 200."""
-
-    def __init__(self, args: list[str], log: Path, probe: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log, "wb")
-        self.popen = subprocess.Popen(
-            [sys.executable, *args, "--port", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert self.popen.poll() is None, log.read_text(errors="replace")
-            try:
-                if httpx.get(self.url + probe, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"upstream did not start: {log.read_text(errors='replace')}")
-
-    def stop(self) -> None:
-        os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-        self._log.close()
+from conftest import ROOT, Cluster, Upstream, chat_line, read_lines, submit, wait_for
 
 
 def registry(base_url: str, **args: object) -> str:
