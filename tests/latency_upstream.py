@@ -106,10 +106,16 @@ class Handler(BaseHTTPRequestHandler):
                 s.in_flight -= 1
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away (a killed worker) is not the server's problem
+
+
 def serve(port: int, latency: float, flaky: bool = False) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"state": State(latency, flaky)})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", port), handler)
     return server
 
 

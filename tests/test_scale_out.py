@@ -142,8 +142,6 @@ def test_two_api_replicas_share_one_database(tmp_path: Path, postgres: PostgresS
     # A slow poll: only LISTEN/NOTIFY can start the work promptly.
     settings = {"unit_size": 2, "poll_seconds": 60}
     shared = {"BATCH_SERVER_STORAGE_URL": str(tmp_path / "shared-files")}
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
     a = Cluster(tmp_path / "a", settings, False, url, ONE_THREAD_REGISTRY, env=shared)
     b = Cluster(tmp_path / "b", settings, False, url, ONE_THREAD_REGISTRY, env=shared)
     try:
