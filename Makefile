@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 PIP_INSTALL := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet
 
-.PHONY: install install-test serve test lint bench
+.PHONY: install install-test serve test lint bench postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,18 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(VENV)/bin/batch-server serve $(ARGS)
 
-test: install-test
+# PostgreSQL's server binaries (initdb, pg_ctl), for the tests that start a real server.
+# Debian's package; most of our machines have it already.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
+
+test: install-test postgres
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install-test
+bench: install-test postgres
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_workers.py
