@@ -273,6 +273,17 @@ def wait_for(
     raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s: {batch}")
 
 
+def wait_for_progress(client: openai.OpenAI, batch_id: str, completed: int) -> Any:
+    """Wait until a running batch has at least ``completed`` finished requests."""
+    return wait_for(
+        client,
+        batch_id,
+        ("in_progress",),
+        timeout=120,
+        predicate=lambda b: b.request_counts.completed >= completed,
+    )
+
+
 def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []

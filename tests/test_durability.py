@@ -6,6 +6,7 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -19,6 +20,7 @@ from conftest import (
     read_lines,
     submit,
     wait_for,
+    wait_for_progress,
 )
 
 STORY = "Write a long story about a lighthouse keeper."
@@ -49,6 +51,17 @@ def assert_exactly_once(client: openai.OpenAI, batch, expected: list[str]) -> li
     assert sorted(seen) == sorted(expected)
     assert set(seen.values()) == {1}
     return out
+
+
+def completes_exactly_once(
+    client: openai.OpenAI, batch_id: str, lines: list[dict], timeout: float = 180
+) -> Any:
+    """Wait for the batch; it completed with every request's custom_id exactly once."""
+    batch = wait_for(client, batch_id, timeout=timeout)
+    assert batch.status == "completed", batch
+    assert batch.request_counts.completed == len(lines)
+    assert_exactly_once(client, batch, [x["custom_id"] for x in lines])
+    return batch
 
 
 def test_cancel_in_the_middle(client: openai.OpenAI) -> None:
@@ -114,20 +127,11 @@ def test_worker_killed_with_sigkill_resumes_exactly_once(split_cluster: Cluster)
     lines = story_lines(18, max_tokens=32)
     created = submit(c.client, lines)
     first = c.start_worker()
-    wait_for(
-        c.client,
-        created.id,
-        ("in_progress",),
-        timeout=120,
-        predicate=lambda b: b.request_counts.completed >= 4,
-    )
+    wait_for_progress(c.client, created.id, 4)
     first.kill9()
     done_before = c.client.batches.retrieve(created.id).request_counts.completed
     c.start_worker()
-    batch = wait_for(c.client, created.id, timeout=180)
-    assert batch.status == "completed", batch
-    assert batch.request_counts.completed == 18
-    assert_exactly_once(c.client, batch, [x["custom_id"] for x in lines])
+    completes_exactly_once(c.client, created.id, lines)
 
     runs = unit_runs(c, created.id)
     killed = f":{first.popen.pid}:"
@@ -145,9 +149,7 @@ def test_two_workers_share_one_database(split_cluster: Cluster) -> None:
     created = submit(c.client, lines)
     c.start_worker()
     c.start_worker()
-    batch = wait_for(c.client, created.id, timeout=180)
-    assert batch.status == "completed", batch
-    assert_exactly_once(c.client, batch, [x["custom_id"] for x in lines])
+    completes_exactly_once(c.client, created.id, lines)
     runs = unit_runs(c, created.id)
     assert sum(ran for _, ran, _ in runs) == 24
     assert len({worker for worker, _, _ in runs}) == 2, runs

@@ -14,9 +14,17 @@ from typing import NamedTuple
 
 import pytest
 from pgserver import PostgresServer
-from test_durability import assert_exactly_once, story_lines
+from test_durability import completes_exactly_once, story_lines
 
-from conftest import ONE_THREAD_REGISTRY, Cluster, chat_line, read_lines, submit, wait_for
+from conftest import (
+    ONE_THREAD_REGISTRY,
+    Cluster,
+    chat_line,
+    read_lines,
+    submit,
+    wait_for,
+    wait_for_progress,
+)
 
 UNIT = 3
 
@@ -42,6 +50,14 @@ def log_messages(cluster: Cluster, batch_id: str) -> list[str]:
     return [e["message"] for e in cluster.http.get(f"/v1/batches/{batch_id}/logs").json()["data"]]
 
 
+def wait_for_log(cluster: Cluster, batch_id: str, *parts: str, timeout: float = 60) -> None:
+    """Wait for a log event of the batch that contains every one of ``parts``."""
+    deadline = time.time() + timeout
+    while not any(all(p in m for p in parts) for m in log_messages(cluster, batch_id)):
+        assert time.time() < deadline, log_messages(cluster, batch_id)
+        time.sleep(0.3)
+
+
 @pytest.fixture
 def pg_cluster(tmp_path: Path, postgres: PostgresServer):
     """An API process without a worker on a fresh PostgreSQL database."""
@@ -62,19 +78,10 @@ def test_three_workers_one_batch_one_killed(pg_cluster: Cluster) -> None:
     lines = story_lines(30, max_tokens=16)
     created = submit(c.client, lines)
     workers = [c.start_worker() for _ in range(3)]
-    wait_for(
-        c.client,
-        created.id,
-        ("in_progress",),
-        timeout=120,
-        predicate=lambda b: b.request_counts.completed >= 9,
-    )
+    wait_for_progress(c.client, created.id, 9)
     victim = workers[0]
     victim.kill9()
-    batch = wait_for(c.client, created.id, timeout=240)
-    assert batch.status == "completed", batch
-    assert batch.request_counts.completed == 30
-    assert_exactly_once(c.client, batch, [x["custom_id"] for x in lines])
+    completes_exactly_once(c.client, created.id, lines, timeout=240)
 
     runs = unit_runs(c, created.id)
     dead = f":{victim.popen.pid}:"
@@ -110,31 +117,15 @@ def test_paused_worker_is_fenced_when_it_comes_back(pg_cluster: Cluster) -> None
     lines = story_lines(9, max_tokens=24)
     created = submit(c.client, lines)
     slow = c.start_worker()
-    wait_for(
-        c.client,
-        created.id,
-        ("in_progress",),
-        timeout=120,
-        predicate=lambda b: b.request_counts.completed >= 1,
-    )
+    wait_for_progress(c.client, created.id, 1)
     os.killpg(slow.popen.pid, signal.SIGSTOP)  # a stalled host: alive, but silent
     try:
         c.start_worker()
-        deadline = time.time() + 60
-        while not any("taken over by" in m for m in log_messages(c, created.id)):
-            assert time.time() < deadline, log_messages(c, created.id)
-            time.sleep(0.3)
+        wait_for_log(c, created.id, "taken over by")
     finally:
         os.killpg(slow.popen.pid, signal.SIGCONT)
-    batch = wait_for(c.client, created.id, timeout=120)
-    assert batch.status == "completed", batch
-    assert batch.request_counts.completed == 9
-    assert_exactly_once(c.client, batch, [x["custom_id"] for x in lines])
-    slow_tag = f":{slow.popen.pid}:"
-    deadline = time.time() + 30
-    while not any(slow_tag in m and "was fenced" in m for m in log_messages(c, created.id)):
-        assert time.time() < deadline, log_messages(c, created.id)
-        time.sleep(0.3)
+    completes_exactly_once(c.client, created.id, lines, timeout=120)
+    wait_for_log(c, created.id, f":{slow.popen.pid}:", "was fenced", timeout=30)
 
 
 def test_two_api_replicas_share_one_database(tmp_path: Path, postgres: PostgresServer) -> None:
