@@ -5,8 +5,9 @@ benchmark. Not a model: it answers with a fixed short completion.
     python tests/latency_upstream.py --port 8011 --latency 0.2 [--flaky]
 
 ``--flaky``: each distinct request body is first answered 503 (odd requests) or 429 with
-``Retry-After: 0`` (even ones), then 200. A message containing ``REJECT`` gets 400 with an
-OpenAI error body. ``GET /stats`` reports requests served and the most seen in flight.
+``Retry-After: 0`` (even ones), then 200; one containing ``SLOW`` first takes an extra
+second. A message containing ``REJECT`` gets 400 with an OpenAI error body.
+``GET /stats`` reports requests served and the most seen in flight.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class Handler(BaseHTTPRequestHandler):
             number = s.requests
         try:
             time.sleep(s.latency)
+            if s.flaky and first and b"SLOW" in raw:
+                time.sleep(1.0)  # longer than the client's timeout in the tests
             if b"REJECT" in raw:
                 error = {"message": "rejected", "type": "invalid_request_error", "param": None}
                 self._send(400, {"error": {**error, "code": "rejected_by_upstream"}})

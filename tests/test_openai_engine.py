@@ -60,28 +60,33 @@ def test_batch_through_llama_cpp_server(tmp_path: Path, llama_server: Upstream) 
         c.close()
 
 
-def test_retries_on_429_and_5xx_with_bounded_concurrency(tmp_path: Path) -> None:
+def test_retries_on_429_5xx_and_timeouts_with_bounded_concurrency(tmp_path: Path) -> None:
     script = str(ROOT / "tests" / "latency_upstream.py")
     flaky = Upstream([script, "--latency", "0.1", "--flaky"], tmp_path / "flaky.log", "/stats")
     c = Cluster(
         tmp_path,
         {"unit_size": 20},
-        config=registry(flaky.url, max_concurrency=4, backoff_seconds=0.05, max_retries=3),
+        config=registry(
+            flaky.url, max_concurrency=4, backoff_seconds=0.05, max_retries=3, timeout=0.6
+        ),
     )
     try:
         lines = [chat_line(f"r{i}", f"Hello {i}", model="upstream") for i in range(16)]
+        lines.append(chat_line("slow", "SLOW the first time", model="upstream"))
         lines.append(chat_line("rejected", "REJECT this one", model="upstream"))
         batch = wait_for(c.client, submit(c.client, lines).id, timeout=60)
         assert batch.status == "completed", batch
-        assert (batch.request_counts.completed, batch.request_counts.failed) == (16, 1)
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (17, 1)
         out = read_lines(c.client, batch.output_file_id)
-        assert sorted(o["custom_id"] for o in out) == sorted(f"r{i}" for i in range(16))
+        assert [o["custom_id"] for o in out] == [f"r{i}" for i in range(16)] + ["slow"]
         [err] = read_lines(c.client, batch.error_file_id)
         assert err["response"]["status_code"] == 400
         assert err["response"]["body"]["error"]["code"] == "rejected_by_upstream"
         stats = httpx.get(flaky.url + "/stats").json()
-        assert stats["requests"] == 2 * 16 + 1  # each failed once, then succeeded
-        assert 2 <= stats["max_in_flight"] <= 4
+        # each failed (429, 503 or a timeout) once, then succeeded; the rejection is final
+        assert stats["requests"] == 2 * 17 + 1
+        # at most 4 in flight (+1: the timed-out attempt still sleeping in the upstream)
+        assert 2 <= stats["max_in_flight"] <= 5
     finally:
         c.close()
         flaky.stop()
