@@ -93,9 +93,8 @@ class Worker:
             batch_id, kind, token = step
             self._set_state("validating" if kind == "validate" else "finalizing", batch_id)
             if kind == "validate":
-                if validate_batch(self.db, self.store, self.settings, batch_id, token) == (
-                    "in_progress"
-                ):
+                status = validate_batch(self.db, self.store, self.settings, batch_id, token)
+                if status == "in_progress":
                     self.wake.notify()  # its units are ready for every worker
             else:
                 finalize(self.db, self.store, self.queue, batch_id, token)
