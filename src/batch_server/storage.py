@@ -121,7 +121,6 @@ class S3FileStore:
         self.client = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
-            region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
             config=Config(retries={"max_attempts": 5, "mode": "standard"}),
         )
         try:
