@@ -246,11 +246,18 @@ class _RangeReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self.pos >= self.length:
             return 0
-        if self.body is None:
-            self.body = self.client.get_object(
-                Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-"
-            )["Body"]
-        data = self.body.read(len(buffer))
+        data = b""
+        for _ in range(2):  # a stream that ended early is reopened once at the position
+            if self.body is None:
+                self.body = self.client.get_object(
+                    Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-"
+                )["Body"]
+            data = self.body.read(len(buffer))
+            if data:
+                break
+            self._drop_body()
+        if not data:
+            raise OSError(f"S3 object {self.key} ended at byte {self.pos} of {self.length}")
         buffer[: len(data)] = data
         self.pos += len(data)
         return len(data)
