@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from batch_server.config import Settings
 from batch_server.db.session import Database
+from batch_server.gpu import GpuMonitor
 from batch_server.storage import FileStore
 
 
@@ -19,10 +20,13 @@ class AppContext:
     # Set when new work arrives, so an in-process worker starts at once.
     wake: threading.Event = field(default_factory=threading.Event)
     started_at: int = field(default_factory=lambda: int(time.time()))
+    gpu: GpuMonitor | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
         db.migrate()
-        return cls(settings=settings, db=db, store=FileStore(settings.files_dir))
+        return cls(
+            settings=settings, db=db, store=FileStore(settings.files_dir), gpu=GpuMonitor(settings)
+        )

@@ -1,0 +1,236 @@
+"""Engines run in a child process that the worker supervises.
+
+The child (``python -m batch_server.engines.process FD``) is started in its own session,
+so the engine and every process it spawns (vLLM's engine core, for one) form one process
+group: closing the engine ends exactly that group and the operating system takes back its
+memory (and GPU memory). If the engine crashes, runs out of memory or hangs, the worker
+sees it as an :class:`EngineFailure` and stays up; if the worker dies, the child notices
+the closed socket and ends its group.
+
+Messages (pickled over a socketpair), worker → child: ``("load", model_id, spec, data_dir)``,
+``("run", [EngineRequest, ...])``, ``("stop",)``, ``("close",)``; child → worker:
+``("ready", pid)``, ``("result", EngineResult)``, ``("done",)``, ``("failed", message)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from batch_server.config import ModelSpec
+from batch_server.engines.base import EngineFailure, EngineRequest, EngineResult, StopCheck
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 10.0  # a stopped run that has not ended by then is killed
+CLOSE_GRACE_SECONDS = 20.0
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+class EngineProcess:
+    """The worker's handle on an engine in a child process; an :class:`Engine` itself."""
+
+    def __init__(
+        self, model_id: str, spec: ModelSpec, data_dir: Path, start_timeout: float = 900.0
+    ) -> None:
+        self.model_id = model_id
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "batch_server.engines.process", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.pid = self.proc.pid
+        self.conn = Connection(ours.detach())
+        try:
+            self.conn.send(("load", model_id, spec.model_dump(), str(data_dir)))
+            kind, *rest = self._receive(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        if kind != "ready":
+            self.close()
+            raise EngineFailure(rest[0] if rest else f"engine for {model_id} did not start")
+
+    # -- the Engine interface -------------------------------------------------------------
+
+    def run(
+        self, requests: Iterable[EngineRequest], should_stop: StopCheck
+    ) -> Iterator[EngineResult]:
+        self.conn.send(("run", list(requests)))
+        stop_deadline: float | None = None
+        finished = False
+        try:
+            while True:
+                if stop_deadline is None and should_stop():
+                    self.conn.send(("stop",))
+                    stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
+                if stop_deadline is not None and time.monotonic() > stop_deadline:
+                    self._kill()
+                    raise EngineFailure(f"engine for {self.model_id} did not stop in time")
+                message = self._receive(0.1, idle_ok=True)
+                if message is None:
+                    continue
+                if message[0] == "result":
+                    yield message[1]
+                elif message[0] == "done":
+                    finished = True
+                    return
+                else:
+                    raise EngineFailure(str(message[1]))
+        finally:
+            if not finished and self.proc.poll() is None:
+                self._abandon_run()
+
+    def close(self) -> None:
+        """End the child's whole process group; waits until the child is gone."""
+        if self.proc.poll() is None:
+            try:
+                self.conn.send(("close",))
+                self.proc.wait(CLOSE_GRACE_SECONDS)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self._kill()
+        self.conn.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _receive(self, timeout: float, idle_ok: bool = False) -> tuple[Any, ...] | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.conn.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
+                    return self.conn.recv()
+            except (EOFError, OSError):
+                pass
+            code = self.proc.poll()
+            if code is not None:
+                self._kill()
+                raise EngineFailure(
+                    f"the engine process for model '{self.model_id}' {describe_exit(code)}"
+                )
+            if time.monotonic() >= deadline:
+                if idle_ok:
+                    return None
+                self._kill()
+                raise EngineFailure(
+                    f"the engine process for model '{self.model_id}' did not answer "
+                    f"within {timeout:.0f}s"
+                )
+
+    def _abandon_run(self) -> None:
+        """The caller left a run early: stop it and drain its messages, so the next run
+        starts clean (or kill the child if it does not stop)."""
+        try:
+            self.conn.send(("stop",))
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while time.monotonic() < deadline:
+                message = self._receive(deadline - time.monotonic(), idle_ok=True)
+                if message is not None and message[0] in ("done", "failed"):
+                    return
+        except (EngineFailure, OSError):
+            pass
+        self._kill()
+
+    def _kill(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(5 if sig == signal.SIGTERM else 30)
+            except subprocess.TimeoutExpired:
+                continue
+        # Stragglers (grandchildren) of the group after the child itself has gone.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.wait(30)
+
+
+# -- the child ----------------------------------------------------------------------------
+
+
+def _child(fd: int) -> int:
+    from batch_server.engines import load_engine
+
+    conn = Connection(fd)
+    _, model_id, spec, data_dir = conn.recv()
+    try:
+        engine = load_engine(model_id, ModelSpec(**spec), Path(data_dir))
+    except EngineFailure as exc:
+        conn.send(("failed", str(exc)))
+        return 1
+    except Exception as exc:
+        log.exception("engine for %s failed to load", model_id)
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return 1
+    conn.send(("ready", os.getpid()))
+
+    inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                # The worker is gone: take the whole group (our engine's processes) down.
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+                return
+            if message[0] == "stop":
+                stop.set()
+            else:
+                inbox.put(message)
+
+    threading.Thread(target=read, name="engine-inbox", daemon=True).start()
+    while True:
+        message = inbox.get()
+        if message[0] == "close":
+            engine.close()
+            return 0
+        stop.clear()
+        try:
+            for result in engine.run(message[1], stop.is_set):
+                conn.send(("result", result))
+        except Exception as exc:
+            log.exception("engine for %s failed", model_id)
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+            return 1
+        conn.send(("done",))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=os.environ.get("BATCH_SERVER_ENGINE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s engine[%(process)d] %(name)s: %(message)s",
+    )
+    code = _child(int(sys.argv[1]))
+    sys.stdout.flush()
+    # Skip interpreter teardown: engine libraries may hang in their atexit handlers.
+    os._exit(code)
