@@ -176,9 +176,23 @@ class EngineProcess:
 # -- the child ----------------------------------------------------------------------------
 
 
+def _end_group() -> None:
+    """Kill this child and every process its engine started."""
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def _watch_parent() -> None:
+    """End the group once the worker is gone, even while the model is still loading."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    _end_group()
+
+
 def _child(fd: int) -> int:
     from batch_server.engines import load_engine
 
+    threading.Thread(target=_watch_parent, name="engine-watchdog", daemon=True).start()
     conn = Connection(fd)
     _, model_id, spec, data_dir = conn.recv()
     try:
@@ -200,8 +214,7 @@ def _child(fd: int) -> int:
             try:
                 message = conn.recv()
             except (EOFError, OSError):
-                # The worker is gone: take the whole group (our engine's processes) down.
-                os.killpg(os.getpgrp(), signal.SIGKILL)
+                _end_group()  # the worker is gone
                 return
             if message[0] == "stop":
                 stop.set()
