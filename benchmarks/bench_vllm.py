@@ -25,10 +25,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
-from bench_core import TOPICS, free_port, run_batch
+from bench_core import TOPICS, free_port, requests, run_batch
 
 from batch_server.config import VLLM_MODEL_ID
 
@@ -39,25 +40,11 @@ ENGINE_ARGS = {"max_model_len": 2048, "gpu_memory_utilization": 0.3, "enforce_ea
 
 
 def chat_lines(n: int, max_tokens: int) -> list[dict]:
-    return [
-        {
-            "custom_id": f"r{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": VLLM_MODEL_ID,
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": f"Write two sentences about {TOPICS[i % 10]} ({i}).",
-                    }
-                ],
-            },
-        }
-        for i in range(n)
-    ]
+    """bench_core's 200-request file, addressed to the vLLM model."""
+    lines = requests(n, max_tokens)
+    for line in lines:
+        line["body"]["model"] = VLLM_MODEL_ID
+    return lines
 
 
 def shared_prefix_lines(n: int, prompts: int = 8) -> list[dict]:
@@ -117,15 +104,16 @@ def through_server(lines: list[dict], tmp: Path) -> float:
         proc.wait(60)
 
 
-def through_llm_chat(lines: list[dict]) -> float:
+def in_child(mode: str, lines: list[dict]) -> Any:
+    """Run this script's ``--child mode`` on ``lines``; its last printed line is JSON."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", "llm-chat"],
+        [sys.executable, __file__, "--child", mode],
         input=json.dumps(lines),
         capture_output=True,
         text=True,
         check=True,
     )
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def through_run_batch(lines: list[dict], tmp: Path) -> float:
@@ -203,17 +191,6 @@ def child_prefix() -> None:
     print(json.dumps({str(k): v for k, v in figures.items()}), flush=True)
 
 
-def prefix_gain(lines: list[dict]) -> dict[str, list[float]]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", "prefix"],
-        input=json.dumps(lines),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200)
@@ -235,9 +212,9 @@ def main() -> None:
     n = len(lines)
     with tempfile.TemporaryDirectory() as tmp:
         server_s = through_server(lines, Path(tmp))
-        chat_s = through_llm_chat(lines)
+        chat_s = in_child("llm-chat", lines)
         run_batch_s = through_run_batch(lines, Path(tmp))
-    prefix = prefix_gain(shared_prefix_lines(args.requests))
+    prefix = in_child("prefix", shared_prefix_lines(args.requests))
 
     print(
         f"requests: {n}, max_tokens: {args.max_tokens}, model: {VLLM_MODEL_ID} "

@@ -73,6 +73,15 @@ class _Pending:
     outputs: dict[int, Any] = field(default_factory=dict)
 
 
+def _rejection(exc: Exception) -> RequestRejected:
+    """vLLM's refusal of one request, with OpenAI's code for a prompt that is too long."""
+    message = str(exc)
+    too_long = "maximum context length" in message or "longer than the maximum" in message
+    return RequestRejected(
+        message, code="context_length_exceeded" if too_long else "invalid_request"
+    )
+
+
 class VllmEngine:
     def __init__(
         self,
@@ -164,9 +173,7 @@ class VllmEngine:
         except Exception as exc:  # vLLM validates here: prompt too long, bad schema …
             if added:
                 self.engine.abort_request(added)
-            message = str(exc)
-            code = "context_length_exceeded" if "longer than" in message else "invalid_request"
-            raise RequestRejected(message, code=code) from exc
+            raise _rejection(exc) from exc
 
     # -- request bodies -----------------------------------------------------------------
 
@@ -229,7 +236,7 @@ class VllmEngine:
         try:
             return render(prompt)
         except Exception as exc:
-            raise RequestRejected(f"{type(exc).__name__}: {exc}", code="invalid_request") from exc
+            raise _rejection(exc) from exc
 
     def _sampling_params(self, s: Any, body: dict[str, Any]) -> Any:
         from vllm import SamplingParams
