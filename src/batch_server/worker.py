@@ -140,12 +140,14 @@ class Worker:
         beat.start()
         try:
             engine = self._engine_for(claim.model)
-        except EngineFailure as exc:
+        except Exception as exc:
             stop.set()
             beat.join()
             log.error("engine for %s failed to start: %s", claim.model, exc)
             self.queue.release_unit(
-                claim, engine_error=str(exc), max_attempts=self.settings.engine_max_attempts
+                claim,
+                engine_error=_engine_error(exc),
+                max_attempts=self.settings.engine_max_attempts,
             )
             return
         try:
@@ -160,9 +162,7 @@ class Worker:
             self._close_engine()
             self.queue.release_unit(
                 claim,
-                engine_error=str(exc)
-                if isinstance(exc, EngineFailure)
-                else f"{type(exc).__name__}: {exc}",
+                engine_error=_engine_error(exc),
                 max_attempts=self.settings.engine_max_attempts,
             )
             return
@@ -285,3 +285,8 @@ class Worker:
                 s.execute(delete(WorkerRow).where(WorkerRow.id == self.id))
         except Exception:
             log.exception("could not unregister worker")
+
+
+def _engine_error(exc: Exception) -> str:
+    """The message stored (and shown in the batch's errors) for an engine failure."""
+    return str(exc) if isinstance(exc, EngineFailure) else f"{type(exc).__name__}: {exc}"

@@ -18,12 +18,14 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,6 +35,9 @@ from batch_server.config import ModelSpec
 from batch_server.engines.base import EngineFailure, EngineRequest, EngineResult, StopCheck
 
 log = logging.getLogger(__name__)
+
+# A line of an engine's log that names an error: "RuntimeError: …", "torch.OutOfMemoryError: …"
+_ERROR_LINE = re.compile(r"\b[A-Za-z_.]*(Error|Exception): .+")
 
 STOP_GRACE_SECONDS = 10.0  # a stopped run that has not ended by then is killed
 CLOSE_GRACE_SECONDS = 20.0
@@ -61,9 +66,14 @@ class EngineProcess:
                 [sys.executable, "-m", "batch_server.engines.process", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 start_new_session=True,
+                stderr=subprocess.PIPE,
             )
         finally:
             theirs.close()
+        # The child's log goes on to ours; its last lines explain a failure (vLLM reports
+        # the root cause of a failed start in its engine-core process, not in the error).
+        self._log_tail: deque[str] = deque(maxlen=200)
+        threading.Thread(target=self._forward_log, name="engine-log", daemon=True).start()
         self.pid = self.proc.pid
         self.conn = Connection(ours.detach())
         try:
@@ -74,13 +84,14 @@ class EngineProcess:
             raise
         if kind != "ready":
             self.close()
-            raise EngineFailure(rest[0] if rest else f"engine for {model_id} did not start")
+            raise self._failure(rest[0] if rest else f"engine for {model_id} did not start")
 
     # -- the Engine interface -------------------------------------------------------------
 
     def run(
         self, requests: Iterable[EngineRequest], should_stop: StopCheck
     ) -> Iterator[EngineResult]:
+        self._log_tail.clear()  # a failure during this run is explained by this run's log
         self.conn.send(("run", list(requests)))
         stop_deadline: float | None = None
         finished = False
@@ -101,7 +112,7 @@ class EngineProcess:
                     finished = True
                     return
                 else:
-                    raise EngineFailure(str(message[1]))
+                    raise self._failure(str(message[1]))
         finally:
             if not finished and self.proc.poll() is None:
                 self._abandon_run()
@@ -130,7 +141,7 @@ class EngineProcess:
             code = self.proc.poll()
             if code is not None:
                 self._kill()
-                raise EngineFailure(
+                raise self._failure(
                     f"the engine process for model '{self.model_id}' {describe_exit(code)}"
                 )
             if time.monotonic() >= deadline:
@@ -141,6 +152,25 @@ class EngineProcess:
                     f"the engine process for model '{self.model_id}' did not answer "
                     f"within {timeout:.0f}s"
                 )
+
+    def _forward_log(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            self._log_tail.append(line.rstrip())
+
+    def _failure(self, message: str) -> EngineFailure:
+        """The failure with the root cause the engine logged, when it logged one."""
+        time.sleep(0.2)  # let the last lines of a dying child arrive
+        causes = [
+            line for line in self._log_tail if _ERROR_LINE.search(line) and line not in message
+        ]
+        if causes:
+            cause = _ERROR_LINE.search(causes[-1])
+            assert cause is not None
+            message = f"{message} (engine log: {causes[-1][cause.start() :][:1000]})"
+        return EngineFailure(message)
 
     def _abandon_run(self) -> None:
         """The caller left a run early: stop it and drain its messages, so the next run
