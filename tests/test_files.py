@@ -116,7 +116,11 @@ def test_unknown_route_is_openai_shaped(cluster: Cluster) -> None:
 
 def test_models_health_ready(cluster: Cluster) -> None:
     models = cluster.client.models.list()
-    assert [m.id for m in models.data] == ["smollm2-135m-instruct"]
+    assert [m.id for m in models.data] == [
+        "smollm2-135m-instruct",
+        "smollm2-135m-instruct-vllm",
+        "all-minilm-l6-v2",
+    ]
     assert cluster.client.models.retrieve("smollm2").id == "smollm2-135m-instruct"
     assert cluster.http.get("/health").json()["status"] == "ok"
     ready = cluster.http.get("/ready")

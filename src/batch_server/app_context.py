@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from batch_server.config import Settings
 from batch_server.db.session import Database
+from batch_server.gpu import GpuMonitor
 from batch_server.storage import FileStore, make_store
 from batch_server.wakeup import Wakeup
 
@@ -19,10 +20,17 @@ class AppContext:
     # Notified when new work arrives, so workers (here, or on other hosts) start at once.
     wake: Wakeup
     started_at: int = field(default_factory=lambda: int(time.time()))
+    gpu: GpuMonitor | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
         db.migrate()
-        return cls(settings=settings, db=db, store=make_store(settings), wake=Wakeup(db))
+        return cls(
+            settings=settings,
+            db=db,
+            store=make_store(settings),
+            wake=Wakeup(db),
+            gpu=GpuMonitor(settings),
+        )

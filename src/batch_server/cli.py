@@ -100,5 +100,42 @@ def run_worker(
     worker.run_forever()
 
 
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("prepare")
+def prepare_model(
+    model: Annotated[str, typer.Argument(help="Model id or alias from the registry")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Make the Hugging Face copy of a GGUF model that vLLM serves (cached in the data
+    directory; nothing is downloaded)."""
+    from batch_server.engines.prepare import gguf_to_hf, hf_copy_dir, is_prepared
+
+    _setup_logging("info")
+    settings = load_settings(config, data_dir=data_dir)
+    model_id = settings.model_aliases().get(model)
+    if model_id is None:
+        typer.secho(f"error: model {model!r} is not in the registry", fg="red", err=True)
+        raise typer.Exit(2)
+    spec = settings.models[model_id]
+    try:
+        source = spec.resolve_path()
+    except ModelNotAvailable as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    if source.suffix != ".gguf":
+        typer.echo(f"{model_id}: {source} is already in a format its engine reads")
+        return
+    target = hf_copy_dir(settings.data_dir, model_id)
+    if is_prepared(target):
+        typer.echo(f"{model_id}: already prepared in {target}")
+        return
+    gguf_to_hf(source, target)
+    typer.echo(f"{model_id}: prepared {target}")
+
+
 if __name__ == "__main__":
     app()

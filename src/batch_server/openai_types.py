@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batch_server.db.tables import BatchRow, FileRow
 
-SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 FILE_PURPOSES = ("batch", "batch_output", "fine-tune", "assistants", "user_data", "evals")
 

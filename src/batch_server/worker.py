@@ -22,8 +22,9 @@ from batch_server import ids
 from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.db.tables import WorkerRow
-from batch_server.engines import load_engine
+from batch_server.engines import start_engine
 from batch_server.engines.base import Engine, EngineFailure, EngineRequest, EngineResult
+from batch_server.gpu import GpuMonitor
 from batch_server.jobs.finalize import finalize
 from batch_server.jobs.queue import Claim, LeaseLost, Queue, Result
 from batch_server.jobs.validation import iter_lines, validate_batch
@@ -53,6 +54,8 @@ class Worker:
         self.current_batch: str | None = None
         self._stopping = threading.Event()
         self._last_expiry_check = 0.0
+        self.gpu = GpuMonitor(settings)
+        self._held: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -100,6 +103,14 @@ class Worker:
                 finalize(self.db, self.store, self.queue, batch_id, token)
             self._set_state("idle", None)
             return True
+        held = self.gpu.hold_reason()
+        if held != self._held:
+            self._held = held
+            if held:
+                log.warning("holding new work: %s", held)
+        if held:
+            self._set_state("held", None)
+            return False
         loaded = self.engine.model_id if self.engine else None
         claim = self.queue.claim_unit(self.id, prefer_model=loaded)
         if claim is None:
@@ -126,19 +137,24 @@ class Worker:
         if not requests:
             self.queue.complete_unit(claim)
             return
-        try:
-            engine = self._engine_for(claim.model)
-        except EngineFailure as exc:
-            log.error("engine for %s failed to start: %s", claim.model, exc)
-            self.queue.release_unit(
-                claim, engine_error=str(exc), max_attempts=self.settings.engine_max_attempts
-            )
-            return
+        # The lease is renewed while the engine loads too (vLLM takes tens of seconds).
         stop = threading.Event()
         beat = threading.Thread(
             target=self._unit_heartbeat, args=(claim, stop), name="unit-heartbeat", daemon=True
         )
         beat.start()
+        try:
+            engine = self._engine_for(claim.model)
+        except Exception as exc:
+            stop.set()
+            beat.join()
+            log.error("engine for %s failed to start: %s", claim.model, exc)
+            self.queue.release_unit(
+                claim,
+                engine_error=_engine_error(exc),
+                max_attempts=self.settings.engine_max_attempts,
+            )
+            return
         try:
             for result in engine.run(requests, stop.is_set):
                 self.queue.record(claim, [self._to_result(result, custom_ids)], self.id)
@@ -152,7 +168,7 @@ class Worker:
             self._close_engine()
             self.queue.release_unit(
                 claim,
-                engine_error=f"{type(exc).__name__}: {exc}",
+                engine_error=_engine_error(exc),
                 max_attempts=self.settings.engine_max_attempts,
             )
             return
@@ -225,7 +241,9 @@ class Worker:
             raise EngineFailure(f"model {model_id!r} is not in this worker's registry")
         self._set_state("loading", self.current_batch)
         started = time.monotonic()
-        self.engine = load_engine(model_id, spec)
+        self.engine = start_engine(
+            model_id, spec, self.settings.data_dir, self.settings.engine_start_timeout
+        )
         log.info("loaded %s in %.1fs", model_id, time.monotonic() - started)
         return self.engine
 
@@ -283,3 +301,8 @@ class Worker:
                 s.execute(delete(WorkerRow).where(WorkerRow.id == self.id))
         except Exception:
             log.exception("could not unregister worker")
+
+
+def _engine_error(exc: Exception) -> str:
+    """The message stored (and shown in the batch's errors) for an engine failure."""
+    return str(exc) if isinstance(exc, EngineFailure) else f"{type(exc).__name__}: {exc}"

@@ -39,7 +39,7 @@ def health(ctx: Ctx) -> dict:
         "status": "ok",
         "version": _version(),
         "workers": _workers(ctx),
-        "gpu": {"available": False, "reason": "GPU monitoring is not enabled in this build"},
+        "gpu": ctx.gpu.status() if ctx.gpu else {"available": False, "monitoring": "off"},
     }
 
 

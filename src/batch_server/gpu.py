@@ -1,0 +1,130 @@
+"""NVIDIA GPU monitoring through NVML (``nvidia-ml-py``).
+
+The worker asks :meth:`GpuMonitor.hold_reason` before it claims new work: while a GPU is
+above the memory or temperature threshold, new work waits instead of crashing the engine.
+Without NVML (no ``nvidia-ml-py``, no driver, no GPU) monitoring is off, never holds work,
+and ``/health`` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from batch_server.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    name: str
+    memory_used_bytes: int
+    memory_total_bytes: int
+    utilization_percent: float
+    temperature_c: float
+
+    @property
+    def memory_percent(self) -> float:
+        return (
+            100.0 * self.memory_used_bytes / self.memory_total_bytes
+            if self.memory_total_bytes
+            else 0.0
+        )
+
+
+def hold_reason(
+    readings: list[GpuReading], max_memory_percent: float, max_temperature_c: float
+) -> str | None:
+    """Why new work must wait, or ``None``: the first GPU over a threshold."""
+    for r in readings:
+        if r.memory_percent > max_memory_percent:
+            return (
+                f"GPU {r.index} memory at {r.memory_percent:.1f}% (limit {max_memory_percent:g}%)"
+            )
+        if r.temperature_c > max_temperature_c:
+            return f"GPU {r.index} at {r.temperature_c:.0f} °C (limit {max_temperature_c:g} °C)"
+    return None
+
+
+class GpuMonitor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._nvml: Any = None
+        self.off_reason: str | None = None
+        if not settings.gpu_monitoring:
+            self.off_reason = "GPU monitoring is disabled (gpu_monitoring = false)"
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            if pynvml.nvmlDeviceGetCount() == 0:
+                raise RuntimeError("NVML reports no GPU")
+            self._nvml = pynvml
+        except ImportError:
+            self.off_reason = "nvidia-ml-py is not installed"
+        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, no GPU …
+            self.off_reason = f"no NVIDIA GPU found ({exc})"
+
+    @property
+    def available(self) -> bool:
+        return self._nvml is not None
+
+    def read(self) -> list[GpuReading]:
+        if self._nvml is None:
+            return []
+        nv = self._nvml
+        readings = []
+        with self._lock:
+            for i in range(nv.nvmlDeviceGetCount()):
+                handle = nv.nvmlDeviceGetHandleByIndex(i)
+                memory = nv.nvmlDeviceGetMemoryInfo(handle)
+                name = nv.nvmlDeviceGetName(handle)
+                readings.append(
+                    GpuReading(
+                        index=i,
+                        name=name.decode() if isinstance(name, bytes) else str(name),
+                        memory_used_bytes=int(memory.used),
+                        memory_total_bytes=int(memory.total),
+                        utilization_percent=float(nv.nvmlDeviceGetUtilizationRates(handle).gpu),
+                        temperature_c=float(
+                            nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)
+                        ),
+                    )
+                )
+        return readings
+
+    def hold_reason(self) -> str | None:
+        if self._nvml is None:
+            return None
+        try:
+            readings = self.read()
+        except Exception as exc:  # a GPU that cannot be read is not a reason to stop
+            log.warning("could not read GPUs: %s", exc)
+            return None
+        return hold_reason(
+            readings, self.settings.gpu_max_memory_percent, self.settings.gpu_max_temperature_c
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The ``gpu`` part of ``/health``."""
+        if self._nvml is None:
+            return {"available": False, "monitoring": "off", "reason": self.off_reason}
+        readings = self.read()
+        return {
+            "available": True,
+            "monitoring": "on",
+            "thresholds": {
+                "max_memory_percent": self.settings.gpu_max_memory_percent,
+                "max_temperature_c": self.settings.gpu_max_temperature_c,
+            },
+            "hold_reason": hold_reason(
+                readings, self.settings.gpu_max_memory_percent, self.settings.gpu_max_temperature_c
+            ),
+            "gpus": [asdict(r) | {"memory_percent": round(r.memory_percent, 1)} for r in readings],
+        }
