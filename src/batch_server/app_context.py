@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from batch_server.config import Settings
 from batch_server.db.session import Database
+from batch_server.limits import RateLimiter
 from batch_server.storage import FileStore
 
 
@@ -19,6 +20,7 @@ class AppContext:
     # Set when new work arrives, so an in-process worker starts at once.
     wake: threading.Event = field(default_factory=threading.Event)
     started_at: int = field(default_factory=lambda: int(time.time()))
+    limiter: RateLimiter = field(default_factory=RateLimiter)
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:

@@ -103,6 +103,48 @@ class Settings(BaseSettings):
         default=3, description="Times a unit is retried after its engine failed"
     )
 
+    # -- access control and limits (per-key overrides: see batch_server.limits) ---------
+    allow_open: bool = Field(
+        default=False,
+        description="Serve without API keys even when listening beyond loopback",
+    )
+    max_queued_requests: int | None = Field(
+        default=None, description="Unfinished requests one key may have queued"
+    )
+    create_rate_per_minute: int | None = Field(
+        default=None, description="File uploads plus batch creations per key and minute"
+    )
+
+    # -- webhooks ------------------------------------------------------------------------
+    webhook_url: str | None = Field(
+        default=None, description="Default webhook URL for batches that name none"
+    )
+    webhook_events: list[str] = Field(
+        default_factory=lambda: [
+            "batch.completed",
+            "batch.failed",
+            "batch.expired",
+            "batch.cancelled",
+        ]
+    )
+    webhook_secret: str | None = Field(
+        default=None, description="whsec_… signing secret; generated and stored when unset"
+    )
+    webhook_allow_private_urls: bool = Field(
+        default=False,
+        description="Allow webhook URLs on loopback/private addresses (local development)",
+    )
+    webhook_max_attempts: int = 8
+    webhook_retry_base_seconds: float = 10.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_progress_seconds: float = Field(
+        default=30.0, description="At most one batch.progress event per batch this often"
+    )
+
+    # -- logs ----------------------------------------------------------------------------
+    log_json: bool = Field(default=False, description="One JSON object per log line")
+
     @model_validator(mode="after")
     def _check_default_model(self) -> Settings:
         if self.default_model is not None and self.default_model not in self.models:

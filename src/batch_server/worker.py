@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 
-from batch_server import ids
+from batch_server import ids, metrics
 from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.db.tables import WorkerRow
@@ -27,6 +27,7 @@ from batch_server.engines.base import Engine, EngineFailure, EngineRequest, Engi
 from batch_server.jobs.finalize import finalize
 from batch_server.jobs.queue import Claim, LeaseLost, Queue, Result
 from batch_server.jobs.validation import iter_lines, validate_batch
+from batch_server.logs import bind
 from batch_server.openai_types import output_line
 from batch_server.storage import FileStore
 
@@ -44,7 +45,7 @@ class Worker:
         self.settings = settings
         self.db = db
         self.store = store
-        self.queue = Queue(db, settings.lease_seconds)
+        self.queue = Queue(db, settings.lease_seconds, settings.webhook_progress_seconds)
         self.wake = wake or threading.Event()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.token()[:6]}"
         self.engine: Engine | None = None
@@ -81,6 +82,10 @@ class Worker:
 
     def step(self) -> bool:
         """Do one piece of work; ``False`` when there was nothing to do."""
+        with bind(request_id=f"step_{ids.token()[:12]}"):
+            return self._step()
+
+    def _step(self) -> bool:
         now = time.monotonic()
         if now - self._last_expiry_check > 1.0:
             self._last_expiry_check = now
@@ -89,10 +94,12 @@ class Worker:
         if step is not None:
             batch_id, kind, token = step
             self._set_state("validating" if kind == "validate" else "finalizing", batch_id)
-            if kind == "validate":
-                validate_batch(self.db, self.store, self.settings, batch_id, token)
-            else:
-                finalize(self.db, self.store, self.queue, batch_id, token)
+            with bind(batch_id=batch_id):
+                log.info("%s step", kind)
+                if kind == "validate":
+                    validate_batch(self.db, self.store, self.settings, batch_id, token)
+                else:
+                    finalize(self.db, self.store, self.queue, batch_id, token)
             self._set_state("idle", None)
             return True
         loaded = self.engine.model_id if self.engine else None
@@ -101,7 +108,8 @@ class Worker:
             return False
         self._set_state("running", claim.batch_id)
         try:
-            self.run_unit(claim)
+            with bind(batch_id=claim.batch_id):
+                self.run_unit(claim)
         finally:
             self._set_state("idle", None)
         return True
@@ -189,9 +197,12 @@ class Worker:
         )
         use = result.body.get("usage") or {} if result.ok else {}
         details = use.get("prompt_tokens_details") or {}
+        error = result.body.get("error") if not result.ok else None
+        code = error.get("code") if isinstance(error, dict) else None
         return Result(
             request_index=result.index,
             is_error=not result.ok,
+            error_code=None if result.ok else str(code or result.status_code),
             payload=json.dumps(line, ensure_ascii=False),
             input_tokens=int(use.get("prompt_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
@@ -210,7 +221,11 @@ class Worker:
         self._set_state("loading", self.current_batch)
         started = time.monotonic()
         self.engine = load_engine(model_id, spec)
-        log.info("loaded %s in %.1fs", model_id, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        log.info("loaded %s in %.1fs", model_id, seconds)
+        with self.db.write() as s:
+            metrics.increment(s, "engine_loads", {"model": model_id})
+            metrics.increment(s, "engine_load_seconds_sum", {"model": model_id}, seconds)
         return self.engine
 
     def preload(self, model_id: str) -> None:
@@ -258,6 +273,7 @@ class Worker:
         while not self._stopping.wait(2.0):
             try:
                 self._upsert()
+                metrics.report_gpus(self.db, socket.gethostname())
             except Exception:
                 log.exception("worker heartbeat failed")
 

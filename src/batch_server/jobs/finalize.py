@@ -81,6 +81,7 @@ def finalize(db: Database, store: FileStore, queue: Queue, batch_id: str, token:
                         expires_at=None,
                         status="processed",
                         deleted=False,
+                        owner=batch.owner,
                     )
                 )
                 fields[f"{suffix}_file_id"] = file_id

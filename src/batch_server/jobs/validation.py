@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import insert, update
 
+from batch_server import limits
 from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, WorkUnitRow
@@ -169,13 +170,14 @@ def validate_batch(
     with db.read() as s:
         batch = lifecycle.get_batch(s, batch_id)
         assert batch is not None
+        max_requests = limits.for_owner(s, settings, batch.owner).max_requests_per_batch
     with store.open(batch.input_file_id) as fh:
         result = validate(
             fh,
             endpoint=batch.endpoint,
             batch_model=batch.model,
             aliases=settings.model_aliases(),
-            max_requests=settings.max_requests_per_batch,
+            max_requests=max_requests,
             unit_size=settings.unit_size,
             max_errors=settings.max_validation_errors,
         )
