@@ -109,17 +109,21 @@ class Cluster:
         self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="test", max_retries=0)
 
     def _wait_up(self) -> None:
+        self._wait_up_url(self.server, self.url)
+
+    @staticmethod
+    def _wait_up_url(server: Proc, url: str) -> None:
         deadline = time.time() + 120
         while time.time() < deadline:
-            if self.server.popen.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.server.output()}")
+            if server.popen.poll() is not None:
+                raise RuntimeError(f"server exited:\n{server.output()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"server did not start:\n{self.server.output()}")
+        raise RuntimeError(f"server did not start:\n{server.output()}")
 
     def restart(self, kill: bool = False) -> None:
         """Stop the server (SIGKILL with ``kill``) and start it again on the same data."""

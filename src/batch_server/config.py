@@ -91,6 +91,9 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 200 * 1024 * 1024
     max_requests_per_batch: int = 50_000
+    max_line_bytes: int = Field(
+        default=4 * 1024 * 1024, description="A longer request line fails validation"
+    )
     max_validation_errors: int = Field(
         default=100, description="Validation stops collecting errors after this many"
     )

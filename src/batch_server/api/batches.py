@@ -155,8 +155,11 @@ async def create_batch(request: Request, ctx: Ctx, who: Auth) -> dict:
         )
     try:
         payload = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError("The request body is not valid JSON", code="invalid_json") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise APIError(
+            "The request body is not valid UTF-8 JSON (or is nested too deeply)",
+            code="invalid_json",
+        ) from exc
     try:
         body = CreateBatchBody.model_validate(payload)
     except ValidationError as exc:
@@ -176,7 +179,7 @@ async def _create_from_upload(
         metadata_raw = form_text(form, "metadata")
         try:
             metadata = json.loads(metadata_raw) if metadata_raw else None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise APIError("'metadata' must be a JSON object", param="metadata") from exc
         priority = form_text(form, "priority")
         try:

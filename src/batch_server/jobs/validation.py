@@ -67,6 +67,7 @@ def validate(
     max_requests: int,
     unit_size: int,
     max_errors: int,
+    max_line_bytes: int = 4 * 1024 * 1024,
 ) -> Validation:
     result = Validation()
     seen: set[str] = set()
@@ -78,6 +79,13 @@ def validate(
 
     for pl in iter_lines(fh):
         n = pl.line_no
+        if len(pl.raw) > max_line_bytes:
+            error(
+                "line_too_long",
+                f"Line {n} is {len(pl.raw)} bytes long; the limit is {max_line_bytes}.",
+                n,
+            )
+            continue
         try:
             obj = json.loads(pl.raw)
         except UnicodeDecodeError:
@@ -85,6 +93,9 @@ def validate(
             continue
         except ValueError as exc:
             error("invalid_json_line", f"Line {n} is not valid JSON: {exc}.", n)
+            continue
+        except RecursionError:
+            error("invalid_json_line", f"Line {n} is nested too deeply.", n)
             continue
         if not isinstance(obj, dict):
             error("invalid_json_line", f"Line {n} is not a JSON object.", n)
@@ -180,6 +191,7 @@ def validate_batch(
             max_requests=max_requests,
             unit_size=settings.unit_size,
             max_errors=settings.max_validation_errors,
+            max_line_bytes=settings.max_line_bytes,
         )
     with db.write() as s:
         owned = s.execute(
