@@ -91,6 +91,8 @@ def test_tenant_isolation_on_every_endpoint(tenants: Tenants) -> None:
             call()
     assert tenants.http("bob").get(f"/v1/batches/{batch.id}/logs").status_code == 404
     assert file_id not in [f.id for f in bob.files.list()]
+    for path, cursor in (("/v1/batches", batch.id), ("/v1/files", file_id)):
+        assert tenants.http("bob").get(path, params={"after": cursor}).status_code == 404
     assert batch.id not in [b.id for b in bob.batches.list()]
     # The owner still has everything, and an admin sees it all.
     assert alice.files.retrieve(spare).id == spare

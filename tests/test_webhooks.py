@@ -125,6 +125,22 @@ def test_only_subscribed_events_and_cancel(hooks: Cluster, receiver: Receiver) -
     receiver.wait(lambda: receiver.events(batch.id) == ["batch.cancelled"])
 
 
+def test_failed_and_expired_events(hooks: Cluster, receiver: Receiver) -> None:
+    receiver.failing = False
+    meta = {"webhook_url": receiver.url}
+    failed = submit(hooks.client, ["not json"], metadata=meta)
+    expired = submit(
+        hooks.client,
+        [chat_line(f"r{i}", "Tell a long story.", max_tokens=80) for i in range(8)],
+        metadata=meta,
+        completion_window="2s",
+    )
+    assert wait_for(hooks.client, failed.id).status == "failed"
+    assert wait_for(hooks.client, expired.id).status == "expired"
+    receiver.wait(lambda: receiver.events(failed.id) == ["batch.failed"])
+    receiver.wait(lambda: receiver.events(expired.id) == ["batch.expired"])
+
+
 def _dead_letters(hooks: Cluster, batch_id: str) -> list[dict]:
     data = hooks.http.get("/v1/webhooks/dead-letter").json()["data"]
     return [d for d in data if d["batch_id"] == batch_id]
