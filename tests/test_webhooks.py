@@ -16,7 +16,7 @@ import openai
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import Cluster, chat_line, submit, wait_for
+from conftest import ONE_THREAD_REGISTRY, Cluster, chat_line, submit, wait_for
 
 SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXdlYmhvb2tzLTAxMjM0NTY3"
 
@@ -237,3 +237,56 @@ def test_unknown_event_is_refused(client: openai.OpenAI) -> None:
             metadata={"webhook_url": "https://example.com/h", "webhook_events": "batch.exploded"},
         )
     assert info.value.body["param"] == "metadata.webhook_events"
+
+
+def test_several_processes_deliver_each_event_once_and_report_metrics(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """An API-only server and two standalone workers: three dispatchers share the outbox;
+    the workers' figures reach the API's /metrics through the database."""
+    c = Cluster(
+        tmp_path,
+        {
+            "webhook_secret": SECRET,
+            "webhook_allow_private_urls": "true",
+            "unit_size": 2,
+            "log_json": "true",
+        },
+        in_process_worker=False,
+        config=ONE_THREAD_REGISTRY,
+    )
+    try:
+        for _ in range(2):
+            c.start_worker()
+        receiver.failing = False
+        batches = [
+            submit(
+                c.client,
+                [chat_line(f"r{i}", "Say hi.") for i in range(4)],
+                metadata={"webhook_url": receiver.url},
+            )
+            for _ in range(3)
+        ]
+        done = [wait_for(c.client, b.id) for b in batches]
+        assert all(d.status == "completed" for d in done)
+        for b in batches:
+            receiver.wait(lambda b=b: receiver.events(b.id) == ["batch.completed"])
+        time.sleep(1.0)  # a duplicate would arrive now
+        assert all(receiver.events(b.id) == ["batch.completed"] for b in batches)
+
+        text = c.http.get("/metrics").text
+        completion = sum(d.usage.output_tokens for d in done)
+        line = (
+            'batch_server_tokens_total{kind="completion",model="smollm2-135m-instruct"} '
+            f"{float(completion)}"
+        )
+        assert line in text
+        assert 'batch_server_webhook_deliveries_total{outcome="delivered"} 3.0' in text
+        # Worker logs are JSON lines carrying the batch id.
+        records = [
+            json.loads(x) for w in c.workers for x in w.output().splitlines() if x.startswith("{")
+        ]
+        assert {b.id for b in batches} <= {r["batch_id"] for r in records}
+        assert all(r["request_id"] != "-" for r in records if r["batch_id"] != "-")
+    finally:
+        c.close()

@@ -227,13 +227,16 @@ class Dispatcher:
         due = and_(
             WebhookDeliveryRow.status == "pending", WebhookDeliveryRow.next_attempt_at <= now
         )
+        query = (
+            select(WebhookDeliveryRow.seq)
+            .where(due, free)
+            .order_by(WebhookDeliveryRow.next_attempt_at)
+            .limit(1)
+        )
+        with self.db.read() as s:  # idle polls take no write lock
+            if s.execute(query).scalar() is None:
+                return None
         with self.db.write() as s:
-            query = (
-                select(WebhookDeliveryRow.seq)
-                .where(due, free)
-                .order_by(WebhookDeliveryRow.next_attempt_at)
-                .limit(1)
-            )
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
             seq = s.execute(query).scalar()
