@@ -7,7 +7,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Cluster, chat_line, submit, wait_for
+from conftest import Cluster, chat_line, read_lines, submit, wait_for
 
 
 def scrape(cluster: Cluster) -> dict[tuple[str, tuple], float]:
@@ -102,3 +102,19 @@ def test_log_lines_carry_batch_and_request_ids(cluster: Cluster) -> None:
     assert any(f"[batch={batch.id} req=trace-42]" in line for line in lines)
     # The worker's lines for this batch carry it too.
     assert any(f"[batch={batch.id} req=step_" in line for line in lines)
+
+
+def test_unexecuted_requests_count_as_errors(cluster: Cluster) -> None:
+    before = scrape(cluster)
+    batch = submit(
+        cluster.client, [chat_line(f"c{i}", "Tell a long story.", max_tokens=60) for i in range(6)]
+    )
+    cluster.client.batches.cancel(batch.id)
+    done = wait_for(cluster.client, batch.id)
+    assert done.status == "cancelled"
+    lines = read_lines(cluster.client, done.error_file_id)
+    unexecuted = sum(1 for x in lines if (x["error"] or {}).get("code") == "batch_cancelled")
+    assert unexecuted >= 1
+    after = scrape(cluster)
+    key = ("batch_server_request_errors_total", (("code", "batch_cancelled"),))
+    assert after.get(key, 0.0) - before.get(key, 0.0) == unexecuted
