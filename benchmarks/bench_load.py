@@ -23,7 +23,35 @@ import time
 from pathlib import Path
 
 import httpx
-from bench_core import requests, start_server
+from bench_core import free_port, requests
+
+
+def start(data_dir: Path, separate_worker: bool) -> tuple[list[subprocess.Popen], str]:
+    """A server (with its in-process worker, or API-only plus a standalone worker)."""
+    port = free_port()
+    env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(data_dir), BATCH_SERVER_PORT=str(port))
+    commands = [["serve", "--no-worker"], ["worker"]] if separate_worker else [["serve"]]
+    procs = []
+    for n, args in enumerate(commands):
+        log = open(data_dir / f"proc{n}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "batch_server", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return procs, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server did not become ready")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -105,6 +133,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batches", type=int, default=50, help="finished batches to list")
+    parser.add_argument(
+        "--separate-worker",
+        action="store_true",
+        help="API-only server plus a standalone worker process (default: in-process worker)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +149,7 @@ def main() -> None:
             text=True,
             check=True,
         ).stdout.strip()
-        proc, url = start_server(Path(tmp))
+        procs, url = start(Path(tmp), args.separate_worker)
         try:
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
@@ -134,14 +167,16 @@ def main() -> None:
                 after = http.get(f"/v1/batches/{running_id}").json()
                 http.post(f"/v1/batches/{running_id}/cancel")
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+            for proc in procs:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
 
     progressed = after["request_counts"]["completed"] - before["completed"]
     print(
         f"{args.clients} concurrent clients, {args.seconds:.0f} s per phase, "
-        f"{args.batches + 1} batches, API keys on, {os.cpu_count()} CPU cores "
-        "(clients, API and engine share them)"
+        f"{args.batches + 1} batches, API keys on, "
+        f"{'standalone' if args.separate_worker else 'in-process'} worker, "
+        f"{os.cpu_count()} CPU cores (clients, API and engine share them)"
     )
     report("idle server (baseline)", idle)
     report("while a batch runs", busy)
