@@ -43,7 +43,7 @@ class Tenants:
 
 @pytest.fixture(scope="module")
 def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
-    c = Cluster(tmp_path_factory.mktemp("auth"), {"unit_size": 2})
+    c = Cluster(tmp_path_factory.mktemp("auth"), {"unit_size": 2, "max_line_bytes": 20_000})
     yield Tenants(c)
     c.close()
 
@@ -219,3 +219,12 @@ def test_refuses_to_listen_beyond_loopback_without_keys(tmp_path: Path) -> None:
         Cluster._wait_up_url(proc, f"http://127.0.0.1:{port}")
     finally:
         proc.stop()
+
+
+def test_huge_line_fails_validation(tenants: Tenants) -> None:
+    """Hostile input on this module's server, which has a small ``max_line_bytes``."""
+    alice = tenants.client("alice")
+    batch = submit(alice, [chat_line("ok", "hi"), chat_line("big", "x" * 50_000)])
+    done = wait_for(alice, batch.id)
+    assert done.status == "failed"
+    assert [(e.code, e.line) for e in done.errors.data] == [("line_too_long", 2)]

@@ -56,8 +56,8 @@ def test_deeply_nested_json_line(client: openai.OpenAI) -> None:
 
 
 def test_huge_line(cluster: Cluster) -> None:
-    # The shared server keeps the default 4 MB line limit but only 2 MB uploads: a second
-    # server would cost a model load, so check the limit through the validator directly…
+    # The shared server keeps the default 4 MB line limit but only 2 MB uploads (see
+    # test_auth.py for a server with a small limit); the validator alone…
     from io import BytesIO
 
     from batch_server.jobs.validation import validate

@@ -100,7 +100,8 @@ def enqueue(s: Session, batch_id: str, event: str) -> bool:
     batch = s.execute(
         select(BatchRow).where(BatchRow.id == batch_id).execution_options(populate_existing=True)
     ).scalar()
-    if batch is None or not batch.webhook_url or event not in (batch.webhook_events or ""):
+    subscribed = (batch.webhook_events or "").split(",") if batch is not None else []
+    if batch is None or not batch.webhook_url or event not in subscribed:
         return False
     now = time.time()
     payload = {
