@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 PIP_INSTALL := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet
 
-.PHONY: install install-test install-vllm serve test lint bench postgres
+.PHONY: install install-test install-vllm serve test lint bench bench-load postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,3 +60,6 @@ bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_workers.py
 	$(PY) benchmarks/bench_vllm.py
+
+bench-load: install-test
+	$(PY) benchmarks/bench_load.py

@@ -137,25 +137,51 @@ class Cluster:
         if config is not None:
             (tmp / "config.toml").write_text(config)
             self.config_args = ["--config", str(tmp / "config.toml")]
-        args = ["serve", *self.config_args] + ([] if in_process_worker else ["--no-worker"])
-        self.server = Proc(args, self.env, tmp / "server.log")
+        self.server_args = ["serve", *self.config_args] + (
+            [] if in_process_worker else ["--no-worker"]
+        )
+        self.server = Proc(self.server_args, self.env, tmp / "server.log")
         self.workers: list[Proc] = []
         self._wait_up()
         self.http = httpx.Client(base_url=self.url, timeout=60)
         self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="test", max_retries=0)
 
     def _wait_up(self) -> None:
+        self._wait_up_url(self.server, self.url)
+
+    @staticmethod
+    def _wait_up_url(server: Proc, url: str) -> None:
         deadline = time.time() + 120
         while time.time() < deadline:
-            if self.server.popen.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.server.output()}")
+            if server.popen.poll() is not None:
+                raise RuntimeError(f"server exited:\n{server.output()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"server did not start:\n{self.server.output()}")
+        raise RuntimeError(f"server did not start:\n{server.output()}")
+
+    def restart(self, kill: bool = False) -> None:
+        """Stop the server (SIGKILL with ``kill``) and start it again on the same data."""
+        if kill:
+            self.server.kill9()
+        self.server.stop()
+        self.server = Proc(self.server_args, self.env, self.tmp / "server.log")
+        self._wait_up()
+
+    def cli(self, *args: str) -> str:
+        """Run ``batch-server ARGS`` against this cluster's data; returns its stdout."""
+        done = subprocess.run(
+            [sys.executable, "-m", "batch_server", *args, *self.config_args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> Proc:
         env = dict(self.env, **(extra_env or {}))

@@ -10,23 +10,34 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
-from batch_server.api import batches, files, health, models
+from batch_server.api import admin, auth, batches, files, health, models
+from batch_server.api import metrics as metrics_api
+from batch_server.api import webhooks as webhooks_api
 from batch_server.app_context import AppContext
 from batch_server.config import Settings
 from batch_server.errors import APIError, error_body
+from batch_server.logs import RequestContextMiddleware
+from batch_server.metrics import DatabaseCollector
+from batch_server.webhooks import Dispatcher
 from batch_server.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
+    """Build the app; raises :class:`~batch_server.api.auth.UnsafeExposure` when it would
+    listen beyond loopback with no API key and without ``allow_open``."""
     ctx = AppContext.build(settings)
+    auth.check_exposure(settings, ctx.db)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         worker = thread = None
+        dispatcher = Dispatcher(settings, ctx.db)
+        dispatcher.start()
         if run_worker:
             worker = Worker(settings, ctx.db, ctx.store, wake=ctx.wake)
             if settings.default_model:
@@ -39,12 +50,16 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
             if worker and thread:
                 worker.stop()
                 thread.join(timeout=30)
+            dispatcher.stop()
             ctx.db.dispose()
 
     app = FastAPI(title="vLLM Batch Server", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
-    for module in (files, batches, models, health):
+    app.state.registry = CollectorRegistry()
+    app.state.registry.register(DatabaseCollector(ctx.db))
+    for module in (files, batches, models, health, admin, webhooks_api, metrics_api):
         app.include_router(module.router)
+    app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
     return app
 

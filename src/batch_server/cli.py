@@ -1,14 +1,15 @@
-"""The ``batch-server`` command: ``serve`` (API + in-process worker) and ``worker``."""
+"""The ``batch-server`` command: ``serve`` (API + in-process worker), ``worker`` and
+``keys`` (API key administration)."""
 
 from __future__ import annotations
 
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from batch_server import logs
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 app = typer.Typer(
@@ -22,12 +23,6 @@ ConfigOpt = Annotated[
 ]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data directory")]
 DbOpt = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy database URL")]
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
 
 def _check_default_model(settings: Settings) -> None:
@@ -52,20 +47,34 @@ def serve(
     worker: Annotated[
         bool, typer.Option("--worker/--no-worker", help="Run a worker inside the server")
     ] = True,
+    allow_open: Annotated[
+        bool | None,
+        typer.Option("--allow-open", help="Run without API keys beyond loopback, on purpose"),
+    ] = None,
     log_level: str = "info",
 ) -> None:
     """Serve the API (and, by default, a worker in the same process)."""
     import uvicorn
 
+    from batch_server.api.auth import UnsafeExposure
     from batch_server.app import create_app
 
-    _setup_logging(log_level)
     settings = load_settings(
-        config, host=host, port=port, data_dir=data_dir, database_url=database_url
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        allow_open=allow_open,
     )
+    logs.setup(log_level, settings.log_json)
     if worker:
         _check_default_model(settings)
-    application = create_app(settings, run_worker=worker)
+    try:
+        application = create_app(settings, run_worker=worker)
+    except UnsafeExposure as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from exc
     typer.echo(
         f"vLLM Batch Server on http://{settings.host}:{settings.port}/v1 "
         f"(data: {settings.data_dir.resolve()})"
@@ -75,6 +84,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=log_level,
+        log_config=None,  # keep the handlers of logs.setup (batch and request ids)
         timeout_graceful_shutdown=10,
     )
 
@@ -88,16 +98,80 @@ def run_worker(
 ) -> None:
     """Run a standalone worker against the same database and data directory."""
     from batch_server.app_context import AppContext
+    from batch_server.webhooks import Dispatcher
     from batch_server.worker import Worker
 
-    _setup_logging(log_level)
     settings = load_settings(config, data_dir=data_dir, database_url=database_url)
+    logs.setup(log_level, settings.log_json)
     _check_default_model(settings)
     ctx = AppContext.build(settings)
     worker = Worker(settings, ctx.db, ctx.store)
+    dispatcher = Dispatcher(settings, ctx.db)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    worker.run_forever()
+    dispatcher.start()
+    try:
+        worker.run_forever()
+    finally:
+        dispatcher.stop()
+
+
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _database(config: Path | None, data_dir: Path | None, database_url: str | None):  # noqa: ANN202
+    from batch_server.db.session import Database
+
+    settings = load_settings(config, data_dir=data_dir, database_url=database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    return db
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what the key is for")],
+    admin: Annotated[
+        bool, typer.Option("--admin", help="May see everything and use /v1/admin")
+    ] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create a key and print its token (shown once; only a hash is stored)."""
+    from batch_server import keys
+
+    row, token = keys.create_key(_database(config, data_dir, database_url), name, admin)
+    typer.echo(f"created {'admin ' if admin else ''}key {row.id} ({name})", err=True)
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DbOpt = None
+) -> None:
+    """List keys (id, prefix, name, admin, revoked)."""
+    from batch_server import keys
+
+    for row in keys.list_keys(_database(config, data_dir, database_url)):
+        state = "revoked" if row.revoked_at else "active"
+        role = "admin" if row.admin else "user"
+        typer.echo(f"{row.id}\t{row.prefix}…\t{role}\t{state}\t{row.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DbOpt = None
+) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    from batch_server import keys
+
+    if not keys.revoke_key(_database(config, data_dir, database_url), key_id):
+        typer.secho(f"no active key {key_id}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
 
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
@@ -114,8 +188,8 @@ def prepare_model(
     directory; nothing is downloaded)."""
     from batch_server.engines.prepare import gguf_to_hf, hf_copy_dir, is_prepared
 
-    _setup_logging("info")
     settings = load_settings(config, data_dir=data_dir)
+    logs.setup("info", settings.log_json)
     model_id = settings.model_aliases().get(model)
     if model_id is None:
         typer.secho(f"error: model {model!r} is not in the registry", fg="red", err=True)

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 200 * 1024 * 1024
     max_requests_per_batch: int = 50_000
+    max_line_bytes: int = Field(
+        default=4 * 1024 * 1024, description="A longer request line fails validation"
+    )
     max_validation_errors: int = Field(
         default=100, description="Validation stops collecting errors after this many"
     )
@@ -157,6 +160,48 @@ class Settings(BaseSettings):
     gpu_max_temperature_c: float = Field(
         default=85.0, description="Hold new work while a GPU is hotter than this"
     )
+
+    # -- access control and limits (per-key overrides: see batch_server.limits) ---------
+    allow_open: bool = Field(
+        default=False,
+        description="Serve without API keys even when listening beyond loopback",
+    )
+    max_queued_requests: int | None = Field(
+        default=None, description="Unfinished requests one key may have queued"
+    )
+    create_rate_per_minute: int | None = Field(
+        default=None, description="File uploads plus batch creations per key and minute"
+    )
+
+    # -- webhooks ------------------------------------------------------------------------
+    webhook_url: str | None = Field(
+        default=None, description="Default webhook URL for batches that name none"
+    )
+    webhook_events: list[str] = Field(
+        default_factory=lambda: [
+            "batch.completed",
+            "batch.failed",
+            "batch.expired",
+            "batch.cancelled",
+        ]
+    )
+    webhook_secret: str | None = Field(
+        default=None, description="whsec_… signing secret; generated and stored when unset"
+    )
+    webhook_allow_private_urls: bool = Field(
+        default=False,
+        description="Allow webhook URLs on loopback/private addresses (local development)",
+    )
+    webhook_max_attempts: int = 8
+    webhook_retry_base_seconds: float = 10.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_progress_seconds: float = Field(
+        default=30.0, description="At most one batch.progress event per batch this often"
+    )
+
+    # -- logs ----------------------------------------------------------------------------
+    log_json: bool = Field(default=False, description="One JSON object per log line")
 
     @model_validator(mode="after")
     def _check_default_model(self) -> Settings:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from batch_server.db.tables import BatchRow, FileRow
+from batch_server.db.tables import ApiKeyRow, BatchRow, FileRow, WebhookDeliveryRow
 
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
@@ -76,6 +76,37 @@ def batch_object(row: BatchRow) -> dict[str, Any]:
         },
         "metadata": row.metadata_,
         "priority": row.priority,
+    }
+
+
+def delivery_object(row: WebhookDeliveryRow) -> dict[str, Any]:
+    """A webhook delivery (an extension: the dead letter queue lists these)."""
+    return {
+        "id": row.id,
+        "object": "webhook.delivery",
+        "batch_id": row.batch_id,
+        "event": row.event,
+        "url": row.url,
+        "status": row.status,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "last_status_code": row.last_status_code,
+        "created_at": int(row.created_at),
+        "next_attempt_at": int(row.next_attempt_at),
+    }
+
+
+def key_object(row: ApiKeyRow) -> dict[str, Any]:
+    """An API key as listed by admins and the CLI (never the token or its hash)."""
+    return {
+        "id": row.id,
+        "object": "api_key",
+        "name": row.name,
+        "prefix": row.prefix,
+        "admin": row.admin,
+        "created_at": row.created_at,
+        "revoked_at": row.revoked_at,
+        "limits": row.limits,
     }
 
 

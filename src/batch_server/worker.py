@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 
-from batch_server import ids
+from batch_server import ids, metrics
 from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.db.tables import WorkerRow
@@ -28,6 +28,7 @@ from batch_server.gpu import GpuMonitor
 from batch_server.jobs.finalize import finalize
 from batch_server.jobs.queue import Claim, LeaseLost, Queue, Result
 from batch_server.jobs.validation import iter_lines, validate_batch
+from batch_server.logs import bind
 from batch_server.openai_types import output_line
 from batch_server.storage import FileStore
 from batch_server.wakeup import Wakeup
@@ -46,7 +47,7 @@ class Worker:
         self.settings = settings
         self.db = db
         self.store = store
-        self.queue = Queue(db, settings.lease_seconds)
+        self.queue = Queue(db, settings.lease_seconds, settings.webhook_progress_seconds)
         self.wake = wake or Wakeup(db)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.token()[:6]}"
         self.engine: Engine | None = None
@@ -87,6 +88,10 @@ class Worker:
 
     def step(self) -> bool:
         """Do one piece of work; ``False`` when there was nothing to do."""
+        with bind(request_id=f"step_{ids.token()[:12]}"):
+            return self._step()
+
+    def _step(self) -> bool:
         now = time.monotonic()
         if now - self._last_expiry_check > 1.0:
             self._last_expiry_check = now
@@ -95,12 +100,14 @@ class Worker:
         if step is not None:
             batch_id, kind, token = step
             self._set_state("validating" if kind == "validate" else "finalizing", batch_id)
-            if kind == "validate":
-                status = validate_batch(self.db, self.store, self.settings, batch_id, token)
-                if status == "in_progress":
-                    self.wake.notify()  # its units are ready for every worker
-            else:
-                finalize(self.db, self.store, self.queue, batch_id, token)
+            with bind(batch_id=batch_id):
+                log.info("%s step", kind)
+                if kind == "validate":
+                    status = validate_batch(self.db, self.store, self.settings, batch_id, token)
+                    if status == "in_progress":
+                        self.wake.notify()  # its units are ready for every worker
+                else:
+                    finalize(self.db, self.store, self.queue, batch_id, token)
             self._set_state("idle", None)
             return True
         held = self.gpu.hold_reason()
@@ -117,7 +124,8 @@ class Worker:
             return False
         self._set_state("running", claim.batch_id)
         try:
-            self.run_unit(claim)
+            with bind(batch_id=claim.batch_id):
+                self.run_unit(claim)
         finally:
             self._set_state("idle", None)
         return True
@@ -221,9 +229,12 @@ class Worker:
         )
         use = result.body.get("usage") or {} if result.ok else {}
         details = use.get("prompt_tokens_details") or {}
+        error = result.body.get("error") if not result.ok else None
+        code = error.get("code") if isinstance(error, dict) else None
         return Result(
             request_index=result.index,
             is_error=not result.ok,
+            error_code=None if result.ok else str(code or result.status_code),
             payload=json.dumps(line, ensure_ascii=False),
             input_tokens=int(use.get("prompt_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
@@ -244,7 +255,11 @@ class Worker:
         self.engine = start_engine(
             model_id, spec, self.settings.data_dir, self.settings.engine_start_timeout
         )
-        log.info("loaded %s in %.1fs", model_id, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        log.info("loaded %s in %.1fs", model_id, seconds)
+        with self.db.write() as s:
+            metrics.increment(s, "engine_loads", {"model": model_id})
+            metrics.increment(s, "engine_load_seconds_sum", {"model": model_id}, seconds)
         return self.engine
 
     def preload(self, model_id: str) -> None:
@@ -292,6 +307,7 @@ class Worker:
         while not self._stopping.wait(2.0):
             try:
                 self._upsert()
+                metrics.report_gpus(self.db, socket.gethostname())
             except Exception:
                 log.exception("worker heartbeat failed")
 

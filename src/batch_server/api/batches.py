@@ -11,9 +11,10 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from batch_server import ids
+from batch_server import ids, limits, webhooks
+from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, check_limit, paginate
-from batch_server.api.files import get_file, store_upload
+from batch_server.api.files import creation_limits, get_file, store_upload
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
@@ -63,7 +64,7 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
     return metadata
 
 
-def create(ctx: AppContext, body: CreateBatchBody) -> dict[str, Any]:
+def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> dict[str, Any]:
     if body.endpoint not in SUPPORTED_ENDPOINTS:
         raise APIError(
             f"Unsupported endpoint '{body.endpoint}'; supported: {', '.join(SUPPORTED_ENDPOINTS)}",
@@ -83,13 +84,23 @@ def create(ctx: AppContext, body: CreateBatchBody) -> dict[str, Any]:
             priority = int(metadata["priority"])
         except ValueError as exc:
             raise APIError("metadata 'priority' must be an integer", param="metadata") from exc
-    source = get_file(ctx, body.input_file_id)
+    hook_url, hook_events = webhooks.subscription(ctx.settings, metadata)
+    source = get_file(ctx, body.input_file_id, who)
     if source.purpose != "batch":
         raise APIError(
             f"File '{source.id}' has purpose '{source.purpose}'; batch input files "
             "need purpose 'batch'",
             param="input_file_id",
             code="invalid_value",
+        )
+    with ctx.db.read() as s:
+        mine = limits.for_owner(s, ctx.settings, who.owner)
+        queued = limits.queued_requests(s, who.owner)
+    if mine.max_queued_requests is not None and queued >= mine.max_queued_requests:
+        raise limits.TooManyRequests(
+            f"This key already has {queued} requests queued, the limit is "
+            f"{mine.max_queued_requests}. Wait for running batches to finish.",
+            code="queue_limit_exceeded",
         )
     now = int(time.time())
     row = BatchRow(
@@ -109,6 +120,9 @@ def create(ctx: AppContext, body: CreateBatchBody) -> dict[str, Any]:
         input_tokens=0,
         cached_tokens=0,
         output_tokens=0,
+        owner=who.owner,
+        webhook_url=hook_url,
+        webhook_events=hook_events,
     )
     with ctx.db.write() as s:
         s.add(row)
@@ -118,22 +132,34 @@ def create(ctx: AppContext, body: CreateBatchBody) -> dict[str, Any]:
     return batch_object(row)
 
 
-def load(ctx: AppContext, batch_id: str) -> BatchRow:
+def load(ctx: AppContext, batch_id: str, who: Principal) -> BatchRow:
+    """The caller's batch; another tenant's batch is "not found"."""
     with ctx.db.read() as s:
         row = lifecycle.get_batch(s, batch_id)
-    if row is None:
+    if row is None or not who.owns(row.owner):
         raise NotFound("batch", batch_id, param="batch_id")
     return row
 
 
 @router.post("")
-async def create_batch(request: Request, ctx: Ctx) -> dict:
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        return await _create_from_upload(request, ctx)
+async def create_batch(request: Request, ctx: Ctx, who: Auth) -> dict:
+    mine = creation_limits(ctx, who)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await _create_from_upload(request, ctx, who, mine.max_upload_bytes)
+    if not content_type.startswith("application/json"):
+        raise APIError(
+            "Expected an application/json (or multipart/form-data) body",
+            code="invalid_content_type",
+            status_code=415,
+        )
     try:
         payload = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError("The request body is not valid JSON", code="invalid_json") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise APIError(
+            "The request body is not valid UTF-8 JSON (or is nested too deeply)",
+            code="invalid_json",
+        ) from exc
     try:
         body = CreateBatchBody.model_validate(payload)
     except ValidationError as exc:
@@ -141,17 +167,19 @@ async def create_batch(request: Request, ctx: Ctx) -> dict:
         param = ".".join(str(p) for p in err["loc"]) or None
         code = "missing_required_parameter" if err["type"] == "missing" else "invalid_value"
         raise APIError(f"{param}: {err['msg']}", param=param, code=code) from exc
-    return create(ctx, body)
+    return create(ctx, body, who)
 
 
-async def _create_from_upload(request: Request, ctx: AppContext) -> dict:
+async def _create_from_upload(
+    request: Request, ctx: AppContext, who: Principal, max_bytes: int
+) -> dict:
     """``curl -F file=@requests.jsonl -F model=…``: upload and create in one call."""
-    form = await read_form(request, ctx.settings.max_upload_bytes)
+    form = await read_form(request, max_bytes)
     try:
         metadata_raw = form_text(form, "metadata")
         try:
             metadata = json.loads(metadata_raw) if metadata_raw else None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise APIError("'metadata' must be a JSON object", param="metadata") from exc
         priority = form_text(form, "priority")
         try:
@@ -166,33 +194,34 @@ async def _create_from_upload(request: Request, ctx: AppContext) -> dict:
         except (ValidationError, ValueError) as exc:
             raise APIError(f"Invalid form field: {exc}", code="invalid_value") from exc
         upload = form_file(form)
-        stored = await store_upload(ctx, upload, "batch")
+        stored = await store_upload(ctx, upload, "batch", who)
     finally:
         await form.close()
-    return create(ctx, body.model_copy(update={"input_file_id": stored.id}))
+    return create(ctx, body.model_copy(update={"input_file_id": stored.id}), who)
 
 
 @router.get("")
-def list_batches(ctx: Ctx, limit: int = Query(20), after: str | None = None) -> dict:
+def list_batches(ctx: Ctx, who: Auth, limit: int = Query(20), after: str | None = None) -> dict:
     check_limit(limit, 100)
     with ctx.db.read() as s:
-        rows, more = paginate(s, select(BatchRow), BatchRow, after, limit, kind="batch")
+        query = who.scope(select(BatchRow), BatchRow)
+        rows, more = paginate(s, query, BatchRow, after, limit, kind="batch")
     return list_object([batch_object(r) for r in rows], more)
 
 
 @router.get("/{batch_id}")
-def retrieve_batch(batch_id: str, ctx: Ctx) -> dict:
-    return batch_object(load(ctx, batch_id))
+def retrieve_batch(batch_id: str, ctx: Ctx, who: Auth) -> dict:
+    return batch_object(load(ctx, batch_id, who))
 
 
 @router.post("/{batch_id}/cancel")
-def cancel_batch(batch_id: str, ctx: Ctx) -> dict:
-    row = load(ctx, batch_id)
+def cancel_batch(batch_id: str, ctx: Ctx, who: Auth) -> dict:
+    row = load(ctx, batch_id, who)
     if row.status not in ("cancelling", "cancelled"):
         with ctx.db.write() as s:
             moved = lifecycle.transition(s, batch_id, "cancelling", "cancel requested")
         if not moved:
-            row = load(ctx, batch_id)
+            row = load(ctx, batch_id, who)
             if row.status not in ("cancelling", "cancelled"):
                 raise Conflict(
                     f"Cannot cancel a batch with status '{row.status}'",
@@ -200,13 +229,13 @@ def cancel_batch(batch_id: str, ctx: Ctx) -> dict:
                     code="invalid_state",
                 )
         ctx.wake.notify()
-    return batch_object(load(ctx, batch_id))
+    return batch_object(load(ctx, batch_id, who))
 
 
 @router.get("/{batch_id}/logs")
-def batch_logs(batch_id: str, ctx: Ctx) -> dict:
+def batch_logs(batch_id: str, ctx: Ctx, who: Auth) -> dict:
     """What happened to the batch, oldest first (status changes, units, engine errors)."""
-    load(ctx, batch_id)
+    load(ctx, batch_id, who)
     with ctx.db.read() as s:
         events = s.execute(
             select(BatchEventRow)

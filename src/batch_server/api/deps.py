@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import Select, select
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from batch_server.app_context import AppContext
@@ -36,9 +36,12 @@ def paginate(
     descending: bool = True,
     kind: str = "object",
 ) -> tuple[list[Any], bool]:
-    """Keyset pagination on the model's ``seq`` column; ``after`` is an object id."""
+    """Keyset pagination on the model's ``seq`` column; ``after`` is an object id that
+    ``query`` itself could return (so another tenant's id is not a cursor)."""
     if after:
-        cursor = session.execute(select(model.seq).where(model.id == after)).scalar()
+        cursor = session.execute(
+            query.with_only_columns(model.seq).where(model.id == after)
+        ).scalar()
         if cursor is None:
             raise NotFound(kind, after, param="after")
         query = query.where(model.seq < cursor if descending else model.seq > cursor)

@@ -11,7 +11,8 @@ from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from batch_server import ids
+from batch_server import ids, limits
+from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, check_limit, paginate
 from batch_server.api.uploads import form_file, form_text, read_form, safe_filename
 from batch_server.app_context import AppContext
@@ -23,7 +24,9 @@ from batch_server.openai_types import FILE_PURPOSES, file_object, list_object
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-async def store_upload(ctx: AppContext, upload: UploadFile, purpose: str) -> FileRow:
+async def store_upload(
+    ctx: AppContext, upload: UploadFile, purpose: str, who: Principal
+) -> FileRow:
     """Copy an uploaded (disk-spooled) file into the store and register it."""
     if purpose not in FILE_PURPOSES:
         raise APIError(
@@ -49,29 +52,40 @@ async def store_upload(ctx: AppContext, upload: UploadFile, purpose: str) -> Fil
         expires_at=None,
         status="processed",
         deleted=False,
+        owner=who.owner,
     )
     with ctx.db.write() as s:
         s.add(row)
     return row
 
 
-def get_file(ctx: AppContext, file_id: str) -> FileRow:
+def get_file(ctx: AppContext, file_id: str, who: Principal) -> FileRow:
+    """A live file of the caller's; another tenant's file is "not found"."""
     with ctx.db.read() as s:
         row = s.execute(
             select(FileRow).where(FileRow.id == file_id, FileRow.deleted.is_(False))
         ).scalar()
-    if row is None:
+    if row is None or not who.owns(row.owner):
         raise NotFound("file", file_id, param="file_id")
     return row
 
 
+def creation_limits(ctx: AppContext, who: Principal) -> limits.Limits:
+    """The caller's limits, after taking one creation from its rate limit."""
+    with ctx.db.read() as s:
+        mine = limits.for_owner(s, ctx.settings, who.owner)
+    ctx.limiter.take(who.owner or "", mine.create_rate_per_minute)
+    return mine
+
+
 @router.post("")
-async def upload_file(request: Request, ctx: Ctx) -> dict:
-    form = await read_form(request, ctx.settings.max_upload_bytes)
+async def upload_file(request: Request, ctx: Ctx, who: Auth) -> dict:
+    mine = creation_limits(ctx, who)
+    form = await read_form(request, mine.max_upload_bytes)
     try:
         purpose = form_text(form, "purpose", required=True)
         assert purpose is not None
-        row = await store_upload(ctx, form_file(form), purpose)
+        row = await store_upload(ctx, form_file(form), purpose, who)
     finally:
         await form.close()
     return file_object(row)
@@ -80,6 +94,7 @@ async def upload_file(request: Request, ctx: Ctx) -> dict:
 @router.get("")
 def list_files(
     ctx: Ctx,
+    who: Auth,
     purpose: str | None = None,
     limit: int = Query(10_000),
     order: str = Query("desc"),
@@ -88,7 +103,7 @@ def list_files(
     check_limit(limit, 10_000)
     if order not in ("asc", "desc"):
         raise APIError("'order' must be 'asc' or 'desc'", param="order", code="invalid_value")
-    query = select(FileRow).where(FileRow.deleted.is_(False))
+    query = who.scope(select(FileRow).where(FileRow.deleted.is_(False)), FileRow)
     if purpose:
         query = query.where(FileRow.purpose == purpose)
     with ctx.db.read() as s:
@@ -97,13 +112,13 @@ def list_files(
 
 
 @router.get("/{file_id}")
-def retrieve_file(file_id: str, ctx: Ctx) -> dict:
-    return file_object(get_file(ctx, file_id))
+def retrieve_file(file_id: str, ctx: Ctx, who: Auth) -> dict:
+    return file_object(get_file(ctx, file_id, who))
 
 
 @router.get("/{file_id}/content")
-def file_content(file_id: str, ctx: Ctx) -> StreamingResponse:
-    row = get_file(ctx, file_id)
+def file_content(file_id: str, ctx: Ctx, who: Auth) -> StreamingResponse:
+    row = get_file(ctx, file_id, who)
     return StreamingResponse(
         ctx.store.iter_bytes(row.id),
         media_type="application/octet-stream",
@@ -115,8 +130,8 @@ def file_content(file_id: str, ctx: Ctx) -> StreamingResponse:
 
 
 @router.delete("/{file_id}")
-def delete_file(file_id: str, ctx: Ctx) -> dict:
-    row = get_file(ctx, file_id)
+def delete_file(file_id: str, ctx: Ctx, who: Auth) -> dict:
+    row = get_file(ctx, file_id, who)
     with ctx.db.write() as s:
         in_use = s.execute(
             select(BatchRow.id)

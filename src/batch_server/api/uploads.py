@@ -71,7 +71,7 @@ def form_file(form: FormData, name: str = "file") -> UploadFile:
     return value
 
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\\"]")
 
 
 def safe_filename(name: str | None) -> str:

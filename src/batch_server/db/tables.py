@@ -44,6 +44,8 @@ class FileRow(Base):
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default="processed")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The API key that owns the file (None when the server runs without keys).
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class BatchRow(Base):
@@ -89,6 +91,13 @@ class BatchRow(Base):
     # does them and a dead worker's step is taken over after the lease runs out.
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
+
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    # Where and which events to deliver, resolved at creation (batch metadata or the
+    # server default), so the status writer needs no settings to fill the outbox.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_events: Mapped[str | None] = mapped_column(String(256))
+    webhook_progress_at: Mapped[float | None] = mapped_column(Float)
 
 
 class WorkUnitRow(Base):
@@ -158,3 +167,66 @@ class WorkerRow(Base):
     loaded_model: Mapped[str | None] = mapped_column(String(256))
     current_batch_id: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(32), default="idle")
+
+
+class ApiKeyRow(Base):
+    """An API key. Only the SHA-256 of the token is stored (tokens are 256 random bits, so a
+    fast hash is enough); ``prefix`` lets people recognise a key in listings."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    prefix: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Per-key overrides of the limits (see batch_server.limits.Limits); None = defaults.
+    limits: Mapped[dict | None] = mapped_column(JSON)
+
+
+class RuntimeConfigRow(Base):
+    """Settings changed at run time through the admin API (limits, the webhook secret)."""
+
+    __tablename__ = "runtime_config"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict] = mapped_column(JSON)
+
+
+class WebhookDeliveryRow(Base):
+    """The webhook outbox: one row per event to deliver, written in the same transaction as
+    the status change. ``status``: pending | delivered | dead (the dead letter queue)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    batch_id: Mapped[str] = mapped_column(String(64), index=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[str] = mapped_column(Text)  # the exact bytes sent (UTF-8)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float)
+
+
+class MetricRow(Base):
+    """Counters and gauges that workers (any process, any host) report for ``/metrics``.
+    ``labels`` is the label set as sorted ``k=v`` pairs joined by ``,``."""
+
+    __tablename__ = "metrics"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(512), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[float] = mapped_column(Float)

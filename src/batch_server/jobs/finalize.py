@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from sqlalchemy import insert, select, update
 
-from batch_server import ids
+from batch_server import ids, metrics
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, FileRow, ResultRow
 from batch_server.jobs import lifecycle
@@ -49,12 +49,13 @@ def finalize(db: Database, store: FileStore, queue: Queue, batch_id: str, token:
             queue.close_units(s, batch_id)  # fence workers still running units
 
     out_id, err_id = ids.file_id(), ids.file_id()
-    n_ok = n_err = 0
+    n_ok = n_err = n_unexecuted = 0
     with store.writer(out_id) as out, store.writer(err_id) as err:
-        for is_error, payload in _merged_lines(db, store, batch, outcome):
+        for is_error, payload, executed in _merged_lines(db, store, batch, outcome):
             (err if is_error else out).write(payload.encode() + b"\n")
             n_err += is_error
             n_ok += not is_error
+            n_unexecuted += not executed
         out_bytes, err_bytes = out.tell(), err.tell()
 
     now = int(time.time())
@@ -81,6 +82,7 @@ def finalize(db: Database, store: FileStore, queue: Queue, batch_id: str, token:
                         expires_at=None,
                         status="processed",
                         deleted=False,
+                        owner=batch.owner,
                     )
                 )
                 fields[f"{suffix}_file_id"] = file_id
@@ -89,6 +91,9 @@ def finalize(db: Database, store: FileStore, queue: Queue, batch_id: str, token:
         moved = lifecycle.transition(s, batch_id, outcome, **fields)
         if moved:
             queue.delete_results(s, batch_id)
+            if n_unexecuted:
+                code = UNEXECUTED[outcome][0]
+                metrics.increment(s, "request_errors", {"code": code}, n_unexecuted)
     if not moved:
         store.delete(out_id)
         store.delete(err_id)
@@ -101,11 +106,12 @@ def finalize(db: Database, store: FileStore, queue: Queue, batch_id: str, token:
 
 def _merged_lines(
     db: Database, store: FileStore, batch: BatchRow, outcome: str
-) -> Iterator[tuple[bool, str]]:
-    """Results in request order; requests without a result become error lines."""
+) -> Iterator[tuple[bool, str, bool]]:
+    """(is_error, line, executed) in request order; requests without a result become
+    error lines that were not executed."""
     results = _stored_results(db, batch.id)
     if batch.completed + batch.failed >= batch.total and outcome == "completed":
-        yield from ((is_error, payload) for _, is_error, payload in results)
+        yield from ((is_error, payload, True) for _, is_error, payload in results)
         return
     code, message = UNEXECUTED[outcome]
     pending = next(results, None)
@@ -116,12 +122,12 @@ def _merged_lines(
             if index >= batch.total:
                 break
             if pending is not None and pending[0] == index:
-                yield pending[1], pending[2]
+                yield pending[1], pending[2], True
                 pending = next(results, None)
                 continue
             custom_id = json.loads(line.raw)["custom_id"]
             record = unexecuted_line(custom_id, code, message, ids.batch_request_id())
-            yield True, json.dumps(record)
+            yield True, json.dumps(record), False
 
 
 def _stored_results(db: Database, batch_id: str) -> Iterator[tuple[int, bool, str]]:

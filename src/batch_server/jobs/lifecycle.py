@@ -1,7 +1,8 @@
 """Batch status transitions: the only code that writes ``batches.status``.
 
 Each transition is one guarded ``UPDATE … WHERE status IN (legal sources)``; a transition
-that lost a race changes nothing and returns ``False``. Every change is logged as an event.
+that lost a race changes nothing and returns ``False``. Every change is logged as an event,
+and its webhook (if the batch subscribed) enters the outbox in the same transaction.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from batch_server import webhooks
 from batch_server.db.tables import BatchEventRow, BatchRow
 
 LIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -46,6 +48,7 @@ def transition(session: Session, batch_id: str, to: str, message: str = "", **fi
     if result.rowcount != 1:
         return False
     log_event(session, batch_id, "status", message or f"status → {to}")
+    webhooks.status_changed(session, batch_id, to)
     return True
 
 

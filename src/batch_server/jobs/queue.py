@@ -16,7 +16,7 @@ from sqlalchemy import and_, case, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from batch_server import ids
+from batch_server import ids, metrics, webhooks
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, ResultRow, WorkUnitRow
 from batch_server.jobs import lifecycle
@@ -46,15 +46,17 @@ class Result:
     request_index: int
     is_error: bool
     payload: str  # the complete JSON line for the output or error file
+    error_code: str | None = None  # for the request error metric
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
 
 
 class Queue:
-    def __init__(self, db: Database, lease_seconds: float) -> None:
+    def __init__(self, db: Database, lease_seconds: float, progress_seconds: float = 30.0) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
+        self.progress_seconds = progress_seconds
 
     # -- units ------------------------------------------------------------------------
 
@@ -195,6 +197,8 @@ class Queue:
                     continue
                 err += r.is_error
                 ok += not r.is_error
+                if r.is_error:
+                    metrics.increment(s, "request_errors", {"code": r.error_code or "unknown"})
                 inp += r.input_tokens
                 cached += r.cached_tokens
                 out += r.output_tokens
@@ -209,6 +213,13 @@ class Queue:
                     output_tokens=BatchRow.output_tokens + out,
                 )
             )
+            for outcome, n in (("ok", ok), ("error", err)):
+                if n:
+                    metrics.increment(s, "requests", {"model": claim.model, "outcome": outcome}, n)
+            for kind, n in (("prompt", inp), ("completion", out)):
+                if n:
+                    metrics.increment(s, "tokens", {"model": claim.model, "kind": kind}, n)
+            webhooks.maybe_progress(s, claim.batch_id, self.progress_seconds)
 
     def complete_unit(self, claim: Claim) -> None:
         """Mark the unit done; the last unit of a batch moves it to ``finalizing``."""
@@ -366,6 +377,32 @@ class Queue:
             .where(WorkUnitRow.batch_id == batch_id, WorkUnitRow.status != "done")
             .values(status="closed", lease_token=None, lease_expires_at=None)
         )
+
+    def reset_stuck(self, fresh_workers: list[str]) -> dict[str, int]:
+        """Admin "reset stuck work": free every unit and batch step leased by a worker that
+        is not in ``fresh_workers`` (crashed, or hung without heartbeats) without waiting
+        for its lease to run out, and end the engine-failure backoff of waiting units.
+        Batch steps (validation, finalization) record no owner, so all are released; a
+        worker still running one is fenced by its token and its write is discarded."""
+        with self.db.write() as s:
+            units = s.execute(
+                update(WorkUnitRow)
+                .where(
+                    WorkUnitRow.status == "leased", WorkUnitRow.lease_owner.not_in(fresh_workers)
+                )
+                .values(status="pending", lease_token=None, lease_expires_at=None, lease_owner=None)
+            ).rowcount
+            backoff = s.execute(
+                update(WorkUnitRow)
+                .where(WorkUnitRow.status == "pending", WorkUnitRow.not_before.is_not(None))
+                .values(not_before=None)
+            ).rowcount
+            steps = s.execute(
+                update(BatchRow)
+                .where(BatchRow.lease_token.is_not(None), BatchRow.status.in_(lifecycle.LIVE))
+                .values(lease_token=None, lease_expires_at=None)
+            ).rowcount
+        return {"units_released": units, "backoffs_cleared": backoff, "batch_steps_released": steps}
 
     @staticmethod
     def delete_results(s: Session, batch_id: str) -> None:

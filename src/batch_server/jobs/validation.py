@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import insert, update
 
+from batch_server import limits
 from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, WorkUnitRow
@@ -67,6 +68,7 @@ def validate(
     unit_size: int,
     max_errors: int,
     model_unit_sizes: dict[str, int] | None = None,
+    max_line_bytes: int = 4 * 1024 * 1024,
 ) -> Validation:
     result = Validation()
     seen: set[str] = set()
@@ -78,6 +80,13 @@ def validate(
 
     for pl in iter_lines(fh):
         n = pl.line_no
+        if len(pl.raw) > max_line_bytes:
+            error(
+                "line_too_long",
+                f"Line {n} is {len(pl.raw)} bytes long; the limit is {max_line_bytes}.",
+                n,
+            )
+            continue
         try:
             obj = json.loads(pl.raw)
         except UnicodeDecodeError:
@@ -85,6 +94,9 @@ def validate(
             continue
         except ValueError as exc:
             error("invalid_json_line", f"Line {n} is not valid JSON: {exc}.", n)
+            continue
+        except RecursionError:
+            error("invalid_json_line", f"Line {n} is nested too deeply.", n)
             continue
         if not isinstance(obj, dict):
             error("invalid_json_line", f"Line {n} is not a JSON object.", n)
@@ -171,16 +183,18 @@ def validate_batch(
     with db.read() as s:
         batch = lifecycle.get_batch(s, batch_id)
         assert batch is not None
+        max_requests = limits.for_owner(s, settings, batch.owner).max_requests_per_batch
     with store.open(batch.input_file_id) as fh:
         result = validate(
             fh,
             endpoint=batch.endpoint,
             batch_model=batch.model,
             aliases=settings.model_aliases(),
-            max_requests=settings.max_requests_per_batch,
+            max_requests=max_requests,
             unit_size=settings.unit_size,
             max_errors=settings.max_validation_errors,
             model_unit_sizes={m: settings.unit_size_for(m) for m in settings.models},
+            max_line_bytes=settings.max_line_bytes,
         )
     with db.write() as s:
         owned = s.execute(

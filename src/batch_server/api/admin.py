@@ -1,0 +1,98 @@
+"""Admin endpoints (admin keys only): workers, stuck work, limits, keys, webhook secret."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from sqlalchemy import select
+
+from batch_server import keys, limits, webhooks
+from batch_server.api.auth import AdminAuth
+from batch_server.api.deps import Ctx
+from batch_server.api.health import WORKER_FRESH_SECONDS
+from batch_server.db.tables import ApiKeyRow, RuntimeConfigRow, WorkerRow
+from batch_server.errors import NotFound
+from batch_server.jobs.queue import Queue
+from batch_server.openai_types import key_object
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+JSONBody = Annotated[dict[str, Any], Body()]
+
+
+@router.get("/workers")
+def workers(ctx: Ctx, _who: AdminAuth) -> dict:
+    now = time.time()
+    with ctx.db.read() as s:
+        rows = s.execute(select(WorkerRow).order_by(WorkerRow.started_at)).scalars()
+        data = [
+            {
+                "id": w.id,
+                "hostname": w.hostname,
+                "pid": w.pid,
+                "state": w.state,
+                "loaded_model": w.loaded_model,
+                "current_batch_id": w.current_batch_id,
+                "started_at": int(w.started_at),
+                "heartbeat_age_seconds": round(now - w.heartbeat_at, 1),
+                "alive": now - w.heartbeat_at < WORKER_FRESH_SECONDS,
+            }
+            for w in rows
+        ]
+    return {"object": "list", "data": data}
+
+
+@router.post("/reset-stuck")
+def reset_stuck(ctx: Ctx, _who: AdminAuth) -> dict:
+    cutoff = time.time() - WORKER_FRESH_SECONDS
+    with ctx.db.read() as s:
+        fresh = list(
+            s.execute(select(WorkerRow.id).where(WorkerRow.heartbeat_at >= cutoff)).scalars()
+        )
+    result = Queue(ctx.db, ctx.settings.lease_seconds).reset_stuck(fresh)
+    ctx.wake.set()
+    return {"object": "admin.reset", **result}
+
+
+@router.get("/limits")
+def get_limits(ctx: Ctx, _who: AdminAuth) -> dict:
+    with ctx.db.read() as s:
+        return {"object": "limits", **limits.server_limits(s, ctx.settings).as_dict()}
+
+
+@router.patch("/limits")
+def set_limits(ctx: Ctx, _who: AdminAuth, values: JSONBody) -> dict:
+    """Change server-wide limits at run time (kept in the database, for every process)."""
+    limits.check_overrides(values)
+    with ctx.db.write() as s:
+        row = s.get(RuntimeConfigRow, limits.RUNTIME_KEY)
+        if row is None:
+            s.add(RuntimeConfigRow(key=limits.RUNTIME_KEY, value=values))
+        else:
+            row.value = {**row.value, **values}
+    return get_limits(ctx, _who)
+
+
+@router.get("/keys")
+def list_keys(ctx: Ctx, _who: AdminAuth) -> dict:
+    return {"object": "list", "data": [key_object(k) for k in keys.list_keys(ctx.db)]}
+
+
+@router.patch("/keys/{key_id}")
+def set_key_limits(key_id: str, ctx: Ctx, _who: AdminAuth, values: JSONBody) -> dict:
+    """Per-key limits: ``{"limits": {"max_queued_requests": 100, …}}`` (null removes one)."""
+    new = limits.check_overrides(values.get("limits") or {})
+    with ctx.db.write() as s:
+        row = s.get(ApiKeyRow, key_id)
+        if row is None:
+            raise NotFound("key", key_id, param="key_id")
+        merged = {**(row.limits or {}), **new}
+        row.limits = {k: v for k, v in merged.items() if v is not None} or None
+        return key_object(row)
+
+
+@router.get("/webhook-secret")
+def webhook_secret(ctx: Ctx, _who: AdminAuth) -> dict:
+    """The whsec_ secret receivers verify deliveries with."""
+    return {"object": "webhook.secret", "secret": webhooks.signing_secret(ctx.db, ctx.settings)}

@@ -1,0 +1,115 @@
+"""Who is calling: API keys as bearer tokens, tenant filters, admin-only endpoints.
+
+``Auth`` is a FastAPI dependency for any router: it yields a :class:`Principal`. With no
+active keys in the database the server is open (every caller is an anonymous admin): the
+local developer experience. Once a key exists, every request needs one. ``create_app``
+refuses to start open on a non-loopback address unless ``allow_open`` is set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import Select
+
+from batch_server import keys
+from batch_server.api.deps import Ctx
+from batch_server.config import Settings
+from batch_server.db.session import Database
+from batch_server.errors import APIError
+
+
+class Unauthorized(APIError):
+    status_code = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="invalid_api_key")
+
+
+class Forbidden(APIError):
+    status_code = 403
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="permission_denied")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller. ``key_id`` is None when the server runs without keys."""
+
+    key_id: str | None
+    admin: bool
+    name: str = "anonymous"
+
+    @property
+    def owner(self) -> str | None:
+        """The owner written on objects this caller creates."""
+        return self.key_id
+
+    def owns(self, owner: str | None) -> bool:
+        return self.admin or owner == self.key_id
+
+    def scope(self, query: Select[Any], model: Any) -> Select[Any]:
+        """Restrict ``query`` to this caller's rows (admins see everything)."""
+        return query if self.admin else query.where(model.owner == self.key_id)
+
+
+OPEN = Principal(key_id=None, admin=True)
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def principal(request: Request, ctx: Ctx) -> Principal:
+    token = _bearer(request)
+    if token is not None:
+        row = keys.lookup(ctx.db, token)
+        if row is not None:
+            return Principal(key_id=row.id, admin=row.admin, name=row.name)
+    if not keys.any_active(ctx.db):
+        return OPEN
+    if token is None:
+        raise Unauthorized(
+            "Missing API key: send it as 'Authorization: Bearer <key>' "
+            "(create one with 'batch-server keys create')."
+        )
+    raise Unauthorized("Incorrect API key provided, or the key was revoked.")
+
+
+def admin_principal(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    if not who.admin:
+        raise Forbidden("This endpoint needs an admin API key.")
+    return who
+
+
+Auth = Annotated[Principal, Depends(principal)]
+AdminAuth = Annotated[Principal, Depends(admin_principal)]
+
+
+class UnsafeExposure(RuntimeError):
+    """Listening beyond loopback with no API key and without ``allow_open``."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, db: Database) -> None:
+    if is_loopback(settings.host) or settings.allow_open or keys.any_active(db):
+        return
+    raise UnsafeExposure(
+        f"Refusing to listen on {settings.host} without API keys: anyone who can reach it "
+        "could read every file. Create a key with 'batch-server keys create NAME', or set "
+        "allow_open (BATCH_SERVER_ALLOW_OPEN=true / --allow-open) to run open on purpose."
+    )

@@ -1,0 +1,113 @@
+"""Per-key limits: server settings, overridden at run time by the admin API (server-wide
+in ``runtime_config``, per key in ``api_keys.limits``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from batch_server.config import Settings
+from batch_server.db.tables import ApiKeyRow, BatchRow, RuntimeConfigRow
+from batch_server.errors import APIError
+
+RUNTIME_KEY = "limits"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_requests_per_batch: int
+    max_upload_bytes: int
+    max_queued_requests: int | None
+    create_rate_per_minute: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def merged(self, overrides: dict[str, Any] | None) -> Limits:
+        known = {f.name for f in fields(self)}
+        clean = {k: v for k, v in (overrides or {}).items() if k in known}
+        return Limits(**(asdict(self) | clean))
+
+
+def check_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate a limits document from the admin API (a value of null removes a limit)."""
+    known = {f.name for f in fields(Limits)}
+    for key, value in values.items():
+        if key not in known:
+            raise APIError(
+                f"Unknown limit '{key}'; known: {', '.join(sorted(known))}",
+                param=key,
+                code="invalid_value",
+            )
+        nullable = key in ("max_queued_requests", "create_rate_per_minute")
+        if not (value is None and nullable) and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise APIError(f"'{key}' must be a positive integer", param=key, code="invalid_value")
+    return values
+
+
+def server_limits(s: Session, settings: Settings) -> Limits:
+    base = Limits(
+        max_requests_per_batch=settings.max_requests_per_batch,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_queued_requests=settings.max_queued_requests,
+        create_rate_per_minute=settings.create_rate_per_minute,
+    )
+    row = s.get(RuntimeConfigRow, RUNTIME_KEY)
+    return base.merged(row.value if row else None)
+
+
+def for_owner(s: Session, settings: Settings, owner: str | None) -> Limits:
+    """The limits that apply to the key ``owner`` (None: the server's own)."""
+    limits = server_limits(s, settings)
+    if owner is None:
+        return limits
+    key = s.get(ApiKeyRow, owner)
+    return limits.merged(key.limits if key else None)
+
+
+def queued_requests(s: Session, owner: str | None) -> int:
+    """Unfinished requests of the owner's live batches (validating ones count as 0)."""
+    query = select(
+        func.coalesce(func.sum(BatchRow.total - BatchRow.completed - BatchRow.failed), 0)
+    )
+    query = query.where(BatchRow.status.in_(("validating", "in_progress")))
+    if owner is not None:
+        query = query.where(BatchRow.owner == owner)
+    return int(s.execute(query).scalar() or 0)
+
+
+class TooManyRequests(APIError):
+    status_code = 429
+    type = "rate_limit_error"
+
+
+class RateLimiter:
+    """A token bucket per key, in this API process (each API process limits on its own)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, per_minute: int | None) -> None:
+        if per_minute is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(per_minute), now))
+            tokens = min(float(per_minute), tokens + (now - last) * per_minute / 60.0)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                wait = (1.0 - tokens) * 60.0 / per_minute
+                raise TooManyRequests(
+                    f"Rate limit reached: {per_minute} file uploads and batch creations per "
+                    f"minute for this key. Try again in {wait:.1f} s.",
+                    code="rate_limit_exceeded",
+                )
+            self._buckets[key] = (tokens - 1.0, now)
