@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, MetricRow, WebhookDeliveryRow, WorkerRow
+from batch_server.gpu import GpuReading
 
 log = logging.getLogger(__name__)
 
@@ -77,39 +78,19 @@ def _upsert(s: Session, name: str, labels: dict[str, str], value: float, add: bo
 
 # -- GPU figures, reported by each worker's heartbeat -----------------------------------
 
-_nvml_state: dict[str, object] = {}
 
-
-def report_gpus(db: Database, host: str) -> None:
-    """Write memory, utilisation and temperature of this host's NVIDIA GPUs, if NVML (the
-    ``nvidia-ml-py`` package and a driver) is present; otherwise do nothing."""
-    if _nvml_state.get("off"):
-        return
-    try:
-        import pynvml  # type: ignore[import-not-found]
-
-        if not _nvml_state.get("on"):
-            pynvml.nvmlInit()
-            _nvml_state["on"] = True
-        figures = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            temp = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
-            labels = {"host": host, "gpu": str(i)}
-            figures += [
-                ("gpu_memory_used_bytes", labels, float(mem.used)),
-                ("gpu_memory_total_bytes", labels, float(mem.total)),
-                ("gpu_utilization_ratio", labels, util.gpu / 100.0),
-                ("gpu_temperature_celsius", labels, float(temp)),
-            ]
-    except Exception:  # no package, no driver or no GPU: GPU figures are simply absent
-        _nvml_state["off"] = True
+def report_gpus(db: Database, host: str, readings: list[GpuReading]) -> None:
+    """Write memory, utilisation and temperature of this host's GPUs (as read by the
+    worker's :class:`~batch_server.gpu.GpuMonitor`; none without NVML)."""
+    if not readings:
         return
     with db.write() as s:
-        for name, labels, value in figures:
-            set_gauge(s, name, labels, value)
+        for r in readings:
+            labels = {"host": host, "gpu": str(r.index)}
+            set_gauge(s, "gpu_memory_used_bytes", labels, float(r.memory_used_bytes))
+            set_gauge(s, "gpu_memory_total_bytes", labels, float(r.memory_total_bytes))
+            set_gauge(s, "gpu_utilization_ratio", labels, r.utilization_percent / 100.0)
+            set_gauge(s, "gpu_temperature_celsius", labels, float(r.temperature_c))
 
 
 # -- the collector -------------------------------------------------------------------------

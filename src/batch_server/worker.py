@@ -307,7 +307,7 @@ class Worker:
         while not self._stopping.wait(2.0):
             try:
                 self._upsert()
-                metrics.report_gpus(self.db, socket.gethostname())
+                metrics.report_gpus(self.db, socket.gethostname(), self.gpu.read())
             except Exception:
                 log.exception("worker heartbeat failed")
 
