@@ -15,6 +15,7 @@ from typing import NamedTuple
 import pytest
 from pgserver import PostgresServer
 from test_durability import completes_exactly_once, story_lines
+from webhook_receiver import SECRET, Receiver
 
 from conftest import (
     ONE_THREAD_REGISTRY,
@@ -131,8 +132,15 @@ def test_paused_worker_is_fenced_when_it_comes_back(pg_cluster: Cluster) -> None
 def test_two_api_replicas_share_one_database(tmp_path: Path, postgres: PostgresServer) -> None:
     url = postgres.create_database()
     # A slow poll: only LISTEN/NOTIFY can start the work promptly.
-    settings = {"unit_size": 2, "poll_seconds": 60}
+    settings = {
+        "unit_size": 2,
+        "poll_seconds": 60,
+        "webhook_secret": SECRET,
+        "webhook_allow_private_urls": "true",
+    }
     shared = {"BATCH_SERVER_STORAGE_URL": str(tmp_path / "shared-files")}
+    receiver = Receiver()
+    hook = {"webhook_url": receiver.url}
     a = Cluster(tmp_path / "a", settings, False, url, ONE_THREAD_REGISTRY, env=shared)
     b = Cluster(tmp_path / "b", settings, False, url, ONE_THREAD_REGISTRY, env=shared)
     try:
@@ -143,7 +151,7 @@ def test_two_api_replicas_share_one_database(tmp_path: Path, postgres: PostgresS
             time.sleep(0.2)
 
         lines = [chat_line(f"r{i}", "Say hi.", max_tokens=4) for i in range(4)]
-        created = submit(a.client, lines)
+        created = submit(a.client, lines, metadata=hook)
         assert b.client.files.retrieve(created.input_file_id).id == created.input_file_id
         started = time.monotonic()
         done = wait_for(b.client, created.id, timeout=60)
@@ -160,14 +168,18 @@ def test_two_api_replicas_share_one_database(tmp_path: Path, postgres: PostgresS
         )
 
         # A cancel through one replica is what the other reports.
-        long = submit(b.client, story_lines(20, max_tokens=48))
+        long = submit(b.client, story_lines(20, max_tokens=48), metadata=hook)
         wait_for(a.client, long.id, ("in_progress",), timeout=60)
         a.client.batches.cancel(long.id)
         cancelled = wait_for(b.client, long.id, ("cancelled",), timeout=30)
         assert cancelled.status == "cancelled"
         assert a.client.batches.retrieve(long.id) == cancelled
-        # Webhooks (built separately) plug in here: with an endpoint subscribed on both
-        # replicas, assert that each of these batches' events is delivered exactly once.
+        # Both replicas (and the worker) run a webhook dispatcher: each event arrives once.
+        receiver.wait(lambda: receiver.events(long.id) == ["batch.cancelled"])
+        time.sleep(1.5)  # a duplicate would arrive now
+        assert receiver.events(created.id) == ["batch.completed"]
+        assert receiver.events(long.id) == ["batch.cancelled"]
     finally:
         b.close()
         a.close()
+        receiver.server.shutdown()
