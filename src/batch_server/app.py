@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from batch_server.api import batches, files, health, models
+from batch_server.api import batches, files, health, history, models, queue
 from batch_server.app_context import AppContext
 from batch_server.config import Settings
 from batch_server.errors import APIError, error_body
@@ -43,7 +43,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
 
     app = FastAPI(title="vLLM Batch Server", version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
-    for module in (files, batches, models, health):
+    for module in (files, batches, models, health, queue, history):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

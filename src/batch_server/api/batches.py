@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from batch_server import ids
 from batch_server.api.deps import Ctx, check_limit, paginate
@@ -18,7 +19,9 @@ from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
 from batch_server.errors import APIError, Conflict, NotFound
-from batch_server.jobs import lifecycle
+from batch_server.jobs import lifecycle, reports
+from batch_server.jobs.queue import set_priority
+from batch_server.jobs.validation import validate
 from batch_server.openai_types import (
     SUPPORTED_ENDPOINTS,
     CreateBatchBody,
@@ -172,6 +175,45 @@ async def _create_from_upload(request: Request, ctx: AppContext) -> dict:
     return create(ctx, body.model_copy(update={"input_file_id": stored.id}))
 
 
+@router.post("/validate")
+async def validate_upload(request: Request, ctx: Ctx) -> dict:
+    """Dry run: validate a JSONL file (multipart ``file``, optional ``model`` and
+    ``endpoint``) exactly as a batch would be, without storing or running anything."""
+    form = await read_form(request, ctx.settings.max_upload_bytes)
+    try:
+        upload = form_file(form)
+        endpoint = form_text(form, "endpoint") or "/v1/chat/completions"
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise APIError(f"Unsupported endpoint '{endpoint}'", param="endpoint")
+        model = form_text(form, "model")
+        if model and model not in ctx.settings.model_aliases():
+            raise NotFound("model", model, param="model")
+        settings = ctx.settings
+
+        def run() -> Any:
+            upload.file.seek(0)
+            return validate(
+                upload.file,  # type: ignore[arg-type]
+                endpoint=endpoint,
+                batch_model=model,
+                aliases=settings.model_aliases(),
+                max_requests=settings.max_requests_per_batch,
+                unit_size=settings.unit_size,
+                max_errors=settings.max_validation_errors,
+            )
+
+        result = await run_in_threadpool(run)
+    finally:
+        await form.close()
+    return {
+        "object": "batch.validation",
+        "valid": not result.errors,
+        "total": result.total,
+        "models": sorted(result.models),
+        "errors": result.errors,
+    }
+
+
 @router.get("")
 def list_batches(ctx: Ctx, limit: int = Query(20), after: str | None = None) -> dict:
     check_limit(limit, 100)
@@ -215,3 +257,63 @@ def batch_logs(batch_id: str, ctx: Ctx) -> dict:
         ).scalars()
         data = [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
     return {"object": "list", "batch_id": batch_id, "data": data}
+
+
+@router.get("/{batch_id}/failed")
+def failed_requests(
+    batch_id: str, ctx: Ctx, limit: int = Query(100), offset: int = Query(0)
+) -> dict:
+    """The batch's failed requests with their errors (from the results while it runs, from
+    its error file once finalized); validation errors are in the batch's ``errors``."""
+    check_limit(limit, 1000)
+    if offset < 0:
+        raise APIError("'offset' must be 0 or more", param="offset", code="invalid_value")
+    row = load(ctx, batch_id)
+    data, more = reports.failed_requests(ctx.db, ctx.store, row, offset, limit)
+    return {
+        "object": "list",
+        "batch_id": batch_id,
+        "data": data,
+        "has_more": more,
+        "next_offset": offset + len(data) if more else None,
+        "validation_errors": row.errors or [],
+    }
+
+
+@router.get("/{batch_id}/requests")
+def request_pairs(batch_id: str, ctx: Ctx, limit: int = Query(20), offset: int = Query(0)) -> dict:
+    """Input requests next to their responses or errors, in input order."""
+    check_limit(limit, 200)
+    if offset < 0:
+        raise APIError("'offset' must be 0 or more", param="offset", code="invalid_value")
+    row = load(ctx, batch_id)
+    data, more = reports.request_pairs(ctx.db, ctx.store, row, offset, limit)
+    return {
+        "object": "list",
+        "batch_id": batch_id,
+        "data": data,
+        "has_more": more,
+        "next_offset": offset + len(data) if more else None,
+    }
+
+
+class PriorityBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priority: int
+
+
+@router.post("/{batch_id}/priority")
+def change_priority(batch_id: str, body: PriorityBody, ctx: Ctx) -> dict:
+    """Re-prioritise a batch that is waiting or running: higher runs first."""
+    load(ctx, batch_id)
+    with ctx.db.write() as s:
+        old = set_priority(s, batch_id, body.priority)
+    if old is None:
+        row = load(ctx, batch_id)
+        raise Conflict(
+            f"Cannot change the priority of a batch with status '{row.status}'",
+            param="batch_id",
+            code="invalid_state",
+        )
+    ctx.wake.set()
+    return batch_object(load(ctx, batch_id))
