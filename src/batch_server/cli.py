@@ -1,4 +1,5 @@
-"""The ``batch-server`` command: ``serve`` (API + in-process worker) and ``worker``."""
+"""The ``batch-server`` command: ``serve`` (API + in-process worker), ``worker``, and the
+client commands of :mod:`batch_server.client_commands`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from batch_server import client_commands
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 app = typer.Typer(
@@ -98,6 +100,12 @@ def run_worker(
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run_forever()
+
+
+# Client commands (submit, status, list, queue, results, cancel, priority, models): they
+# talk to a server over HTTP, see client_commands.py.
+for _name, _command in client_commands.COMMANDS.items():
+    app.command(_name)(_command)
 
 
 if __name__ == "__main__":
