@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from batch_server import web
 from batch_server.api import batches, files, health, history, models, queue
 from batch_server.app_context import AppContext
 from batch_server.config import Settings
@@ -45,6 +46,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     app.state.ctx = ctx
     for module in (files, batches, models, health, queue, history):
         app.include_router(module.router)
+    web.install(app)
     _install_error_handlers(app)
     return app
 

@@ -182,7 +182,7 @@ class Eta:
             "at": self.at,
             "basis": self.basis,
             "requests_per_second": _round(self.requests_per_second),
-            "text": "unknown" if self.seconds is None else _human(self.seconds),
+            "text": "unknown" if self.seconds is None else human_duration(self.seconds),
         }
 
 
@@ -241,7 +241,7 @@ def series(
     ]
 
 
-def _human(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
     s = int(round(seconds))
     if s < 60:
         return f"{s}s"

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
 
 from batch_server import ids
 from batch_server.api.deps import Ctx, check_limit, paginate
@@ -151,27 +152,32 @@ async def _create_from_upload(request: Request, ctx: AppContext) -> dict:
     """``curl -F file=@requests.jsonl -F model=…``: upload and create in one call."""
     form = await read_form(request, ctx.settings.max_upload_bytes)
     try:
-        metadata_raw = form_text(form, "metadata")
-        try:
-            metadata = json.loads(metadata_raw) if metadata_raw else None
-        except ValueError as exc:
-            raise APIError("'metadata' must be a JSON object", param="metadata") from exc
-        priority = form_text(form, "priority")
-        try:
-            body = CreateBatchBody(
-                input_file_id="pending",
-                endpoint=form_text(form, "endpoint") or "/v1/chat/completions",
-                completion_window=form_text(form, "completion_window") or "24h",
-                metadata=metadata,
-                model=form_text(form, "model"),
-                priority=int(priority) if priority else None,
-            )
-        except (ValidationError, ValueError) as exc:
-            raise APIError(f"Invalid form field: {exc}", code="invalid_value") from exc
-        upload = form_file(form)
-        stored = await store_upload(ctx, upload, "batch")
+        return await create_from_form(ctx, form)
     finally:
         await form.close()
+
+
+async def create_from_form(ctx: AppContext, form: FormData) -> dict:
+    """Store the form's ``file`` and create a batch from it and the form's fields."""
+    metadata_raw = form_text(form, "metadata")
+    try:
+        metadata = json.loads(metadata_raw) if metadata_raw else None
+    except ValueError as exc:
+        raise APIError("'metadata' must be a JSON object", param="metadata") from exc
+    priority = form_text(form, "priority")
+    try:
+        body = CreateBatchBody(
+            input_file_id="pending",
+            endpoint=form_text(form, "endpoint") or "/v1/chat/completions",
+            completion_window=form_text(form, "completion_window") or "24h",
+            metadata=metadata,
+            model=form_text(form, "model"),
+            priority=int(priority) if priority else None,
+        )
+    except (ValidationError, ValueError) as exc:
+        raise APIError(f"Invalid form field: {exc}", code="invalid_value") from exc
+    upload = form_file(form)
+    stored = await store_upload(ctx, upload, "batch")
     return create(ctx, body.model_copy(update={"input_file_id": stored.id}))
 
 
@@ -188,23 +194,25 @@ async def validate_upload(request: Request, ctx: Ctx) -> dict:
         model = form_text(form, "model")
         if model and model not in ctx.settings.model_aliases():
             raise NotFound("model", model, param="model")
-        settings = ctx.settings
-
-        def run() -> Any:
-            upload.file.seek(0)
-            return validate(
-                upload.file,  # type: ignore[arg-type]
-                endpoint=endpoint,
-                batch_model=model,
-                aliases=settings.model_aliases(),
-                max_requests=settings.max_requests_per_batch,
-                unit_size=settings.unit_size,
-                max_errors=settings.max_validation_errors,
-            )
-
-        result = await run_in_threadpool(run)
+        result = await run_in_threadpool(dry_run, ctx, upload, endpoint, model)
     finally:
         await form.close()
+    return result
+
+
+def dry_run(ctx: AppContext, upload: UploadFile, endpoint: str, model: str | None) -> dict:
+    """Validate an uploaded file as a batch would be, without storing it."""
+    settings = ctx.settings
+    upload.file.seek(0)
+    result = validate(
+        upload.file,  # type: ignore[arg-type]
+        endpoint=endpoint,
+        batch_model=model,
+        aliases=settings.model_aliases(),
+        max_requests=settings.max_requests_per_batch,
+        unit_size=settings.unit_size,
+        max_errors=settings.max_validation_errors,
+    )
     return {
         "object": "batch.validation",
         "valid": not result.errors,

@@ -16,9 +16,9 @@ router = APIRouter(tags=["health"])
 def health(ctx: Ctx) -> dict:
     return {
         "status": "ok",
-        "version": _version(),
+        "version": version(),
         "workers": reports.workers(ctx.db),
-        "gpu": {"available": False, "reason": "GPU monitoring is not enabled in this build"},
+        "gpu": gpu_status(),
     }
 
 
@@ -41,10 +41,15 @@ def ready(ctx: Ctx) -> JSONResponse:
     )
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def gpu_status() -> dict:
+    return {"available": False, "reason": "GPU monitoring is not enabled in this build"}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
     try:
-        return version("vllm-batch-server")
+        return dist_version("vllm-batch-server")
     except PackageNotFoundError:
         return "dev"
