@@ -26,10 +26,10 @@ from batch_server.db.tables import ThroughputSampleRow
 
 log = logging.getLogger(__name__)
 
-SAMPLE_SECONDS = 5.0  # a worker writes a sample at least this often while it runs
+SAMPLE_SECONDS = 2.0  # a worker writes a sample at least this often while it runs
 HISTORY_SECONDS = 7 * 86400  # a model's rate is learned from this much recent work
 CURRENT_SECONDS = 60.0  # "current throughput" looks back this far
-PRIOR_SECONDS = 30.0  # weight of the model's rate against a batch's own measured seconds
+PRIOR_SECONDS = 10.0  # weight of the model's rate against a batch's own measured seconds
 
 S = ThroughputSampleRow
 
@@ -147,15 +147,33 @@ def current_rates(session: Session, batch_ids: Iterable[str], now: float) -> dic
     return _rates(session, S.batch_id, S.batch_id.in_(ids), S.ended_at >= now - CURRENT_SECONDS)
 
 
-def blended_rate(own: Rate | None, model: Rate | None) -> tuple[float | None, str]:
-    """Requests per second of engine time for a batch, and what it is based on."""
+def blended_rate(
+    own: Rate | None, model: Rate | None, max_tokens: int | None = None
+) -> tuple[float | None, str]:
+    """Requests per second of engine time for a batch, and what it is based on.
+
+    Before a batch has run, the model's rate is used, sped up when the batch's token limit
+    (``max_tokens`` of its first request) is below the model's usual answer length. Once
+    it runs, the model's rate is scaled to the batch's own answer lengths so far and
+    blended with the batch's own rate, which weighs more the longer the batch has run."""
     model_rps = model.requests_per_second if model else None
     own_rps = own.requests_per_second if own else None
     if own_rps is None:
-        return (model_rps, "model") if model_rps else (None, "unknown")
+        if model_rps is None:
+            return None, "unknown"
+        assert model is not None
+        usual = model.output_tokens / model.requests
+        if max_tokens and 0 < max_tokens < usual:
+            model_rps *= usual / max_tokens
+        return model_rps, "model"
     assert own is not None
     if model_rps is None:
         return own_rps, "batch"
+    assert model is not None
+    if own.output_tokens and model.output_tokens:
+        model_per_request = model.output_tokens / model.requests
+        own_per_request = own.output_tokens / own.requests
+        model_rps *= model_per_request / own_per_request
     rate = (own.requests + model_rps * PRIOR_SECONDS) / (own.seconds + PRIOR_SECONDS)
     return rate, "batch+model"
 
@@ -166,7 +184,8 @@ class Planned:
 
     batch_id: str
     model: str | None
-    remaining: int | None  # None while the request count is not known yet (validating)
+    remaining: int | None  # None when the request count is not known
+    max_tokens: int | None = None  # the first request's token limit
 
 
 @dataclass(frozen=True)
@@ -200,7 +219,7 @@ def plan(
     ahead = 0.0
     known = True
     for b in batches:
-        rate, basis = blended_rate(own.get(b.batch_id), models.get(b.model or ""))
+        rate, basis = blended_rate(own.get(b.batch_id), models.get(b.model or ""), b.max_tokens)
         if b.remaining == 0:
             etas[b.batch_id] = Eta(ahead / max(workers, 1), None, "done", rate)
             continue

@@ -8,22 +8,27 @@ from fastapi import APIRouter, Query
 
 from batch_server import estimates
 from batch_server.api.deps import Ctx
+from batch_server.app_context import AppContext
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs import reports
 
 router = APIRouter(tags=["queue"])
 
 
+def snapshot(ctx: AppContext) -> dict:
+    return reports.queue(ctx.db, ctx.store, ctx.settings.model_aliases())
+
+
 @router.get("/v1/queue")
 def get_queue(ctx: Ctx) -> dict:
     """Running and waiting batches in the order they will run, and the workers."""
-    return reports.queue(ctx.db)
+    return snapshot(ctx)
 
 
 @router.get("/v1/queue/{batch_id}")
 def get_queue_entry(batch_id: str, ctx: Ctx) -> dict:
     """One batch's queue entry (position, progress, ETA); 404 once it has finished."""
-    for entry in reports.queue(ctx.db)["data"]:
+    for entry in snapshot(ctx)["data"]:
         if entry["id"] == batch_id:
             return entry
     raise NotFound("queued batch", batch_id, param="batch_id")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import suppress
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -56,7 +58,9 @@ def workers(db: Database, now: float | None = None) -> list[dict[str, Any]]:
         ]
 
 
-def queue(db: Database, now: float | None = None) -> dict[str, Any]:
+def queue(
+    db: Database, store: FileStore, aliases: dict[str, str], now: float | None = None
+) -> dict[str, Any]:
     """Live batches in the order they will run, each with its position, progress, current
     throughput and ETA; and the workers."""
     now = now or time.time()
@@ -85,9 +89,7 @@ def queue(db: Database, now: float | None = None) -> dict[str, Any]:
         own = batch_rates(s, ids)
         current = current_rates(s, ids, now)
         models = model_rates(s, now)
-    planned = [
-        Planned(r.id, r.model, None if r.status == "validating" else _remaining(r)) for r in rows
-    ]
+    planned = [_planned(r, store, aliases) for r in rows]
     etas = plan(planned, own, models, len(live_workers), now)
     data = []
     requests_ahead = 0
@@ -125,6 +127,33 @@ def queue(db: Database, now: float | None = None) -> dict[str, Any]:
         "data": data,
         "workers": live_workers,
     }
+
+
+def _planned(r: BatchRow, store: FileStore, aliases: dict[str, str]) -> Planned:
+    count, first_model, max_tokens = _peek(store, r.input_file_id)
+    if r.status != "validating":
+        return Planned(r.id, r.model, _remaining(r), max_tokens)
+    return Planned(r.id, r.model or aliases.get(first_model or ""), count, max_tokens)
+
+
+@lru_cache(maxsize=1024)
+def _peek(store: FileStore, file_id: str) -> tuple[int | None, str | None, int | None]:
+    """Request lines, and the first line's model and token limit, of a (never modified)
+    input file: what a batch that has not started yet will run, for its ETA."""
+    count, model, max_tokens = 0, None, None
+    try:
+        with store.open(file_id) as fh:
+            for line in iter_lines(fh):
+                if count == 0:
+                    with suppress(ValueError, AttributeError, TypeError):
+                        body = json.loads(line.raw).get("body", {})
+                        model = body.get("model")
+                        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+                        max_tokens = int(limit) if limit else None
+                count += 1
+    except FileNotFoundError:
+        return None, None, None
+    return count, model, max_tokens
 
 
 def _run_rank(r: BatchRow, leased_units: int) -> int:

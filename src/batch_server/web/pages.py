@@ -21,6 +21,7 @@ from batch_server.api.batches import create_from_form, dry_run, load
 from batch_server.api.deps import Ctx
 from batch_server.api.health import gpu_status, version
 from batch_server.api.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
+from batch_server.api.queue import snapshot
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.db.tables import BatchEventRow
 from batch_server.errors import APIError
@@ -59,7 +60,7 @@ def root() -> RedirectResponse:
 
 @router.get("/ui")
 def overview(request: Request, ctx: Ctx) -> HTMLResponse:
-    queue = reports.queue(ctx.db)
+    queue = snapshot(ctx)
     with ctx.db.read() as s:
         rates = estimates.model_rates(s)
     return render(
@@ -78,18 +79,31 @@ def overview(request: Request, ctx: Ctx) -> HTMLResponse:
 @router.get("/ui/fragments/status")
 def status_fragment(request: Request, ctx: Ctx) -> HTMLResponse:
     """The overview's live part (workers and queue depth), re-fetched by the page."""
-    return render(request, "_status.html", queue=reports.queue(ctx.db))
+    return render(
+        request,
+        "_status.html",
+        queue=snapshot(ctx),
+    )
 
 
 @router.get("/ui/queue")
 def queue_page(request: Request, ctx: Ctx) -> HTMLResponse:
-    return render(request, "queue.html", page="queue", queue=reports.queue(ctx.db))
+    return render(
+        request,
+        "queue.html",
+        page="queue",
+        queue=snapshot(ctx),
+    )
 
 
 @router.get("/ui/queue/rows")
 def queue_rows(request: Request, ctx: Ctx) -> HTMLResponse:
     """The queue table's rows, re-fetched when batches join, leave or change order."""
-    return render(request, "_queue_rows.html", queue=reports.queue(ctx.db))
+    return render(
+        request,
+        "_queue_rows.html",
+        queue=snapshot(ctx),
+    )
 
 
 @router.get("/ui/batches")
@@ -155,7 +169,10 @@ def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: int = 0) -> HT
         )
     failures, more_failures = reports.failed_requests(ctx.db, ctx.store, row, 0, 50)
     pairs, more_pairs = reports.request_pairs(ctx.db, ctx.store, row, offset, 10)
-    entry = next((e for e in reports.queue(ctx.db)["data"] if e["id"] == batch_id), None)
+    entry = next(
+        (e for e in snapshot(ctx)["data"] if e["id"] == batch_id),
+        None,
+    )
     return render(
         request,
         "batch.html",
