@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, insert, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from batch_server.db.session import Database
 from batch_server.db.tables import ThroughputSampleRow
@@ -112,7 +112,9 @@ class SampleRecorder:
         self._reset(now)
 
 
-def _rates(session: Session, key, *where) -> dict[str, Rate]:  # type: ignore[no-untyped-def]
+def _rates(
+    session: Session, key: InstrumentedAttribute[str], *where: ColumnElement[bool]
+) -> dict[str, Rate]:
     rows = session.execute(
         select(
             key,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -267,42 +268,32 @@ def batch_logs(batch_id: str, ctx: Ctx) -> dict:
     return {"object": "list", "batch_id": batch_id, "data": data}
 
 
+def _offset_page(
+    ctx: AppContext, batch_id: str, offset: int, limit: int, maximum: int, read: Callable
+) -> tuple[BatchRow, dict]:
+    check_limit(limit, maximum)
+    if offset < 0:
+        raise APIError("'offset' must be 0 or more", param="offset", code="invalid_value")
+    row = load(ctx, batch_id)
+    data, more = read(ctx.db, ctx.store, row, offset, limit)
+    page = {"object": "list", "batch_id": batch_id, "data": data, "has_more": more}
+    return row, page | {"next_offset": offset + len(data) if more else None}
+
+
 @router.get("/{batch_id}/failed")
 def failed_requests(
     batch_id: str, ctx: Ctx, limit: int = Query(100), offset: int = Query(0)
 ) -> dict:
     """The batch's failed requests with their errors (from the results while it runs, from
     its error file once finalized); validation errors are in the batch's ``errors``."""
-    check_limit(limit, 1000)
-    if offset < 0:
-        raise APIError("'offset' must be 0 or more", param="offset", code="invalid_value")
-    row = load(ctx, batch_id)
-    data, more = reports.failed_requests(ctx.db, ctx.store, row, offset, limit)
-    return {
-        "object": "list",
-        "batch_id": batch_id,
-        "data": data,
-        "has_more": more,
-        "next_offset": offset + len(data) if more else None,
-        "validation_errors": row.errors or [],
-    }
+    row, page = _offset_page(ctx, batch_id, offset, limit, 1000, reports.failed_requests)
+    return page | {"validation_errors": row.errors or []}
 
 
 @router.get("/{batch_id}/requests")
 def request_pairs(batch_id: str, ctx: Ctx, limit: int = Query(20), offset: int = Query(0)) -> dict:
     """Input requests next to their responses or errors, in input order."""
-    check_limit(limit, 200)
-    if offset < 0:
-        raise APIError("'offset' must be 0 or more", param="offset", code="invalid_value")
-    row = load(ctx, batch_id)
-    data, more = reports.request_pairs(ctx.db, ctx.store, row, offset, limit)
-    return {
-        "object": "list",
-        "batch_id": batch_id,
-        "data": data,
-        "has_more": more,
-        "next_offset": offset + len(data) if more else None,
-    }
+    return _offset_page(ctx, batch_id, offset, limit, 200, reports.request_pairs)[1]
 
 
 class PriorityBody(BaseModel):
