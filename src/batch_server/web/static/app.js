@@ -85,19 +85,24 @@ function actions(onChange) {
     const priority = parseInt(form.elements.priority.value, 10);
     try {
       await postJSON(`/v1/batches/${id}/priority`, { priority });
+      form.elements.priority.defaultValue = String(priority);  // no longer an unsaved edit
       say(`${id}: priority ${priority}`);
       await onChange();
     } catch (err) { say(`Priority not changed: ${err.message}`); }
   });
 }
 
-// Queue page: update rows in place; re-fetch the rows when batches join, leave or move.
+// Queue page: update rows in place; re-fetch the rows when batches join, leave or move,
+// but never while the user is typing a priority (that would throw the edit away).
 function queuePage() {
   const body = document.getElementById("queue-rows");
+  const editing = () => [...body.querySelectorAll("input")].some(
+    (input) => input === document.activeElement || input.value !== input.defaultValue,
+  );
   const refresh = async () => {
     const q = await getJSON("/v1/queue");
-    const order = q.data.map((e) => `${e.id}:${e.state}:${e.priority}`).join(",");
-    if (order !== body.dataset.order) {
+    const order = q.data.map((e) => e.id).join(",");
+    if (order !== body.dataset.order && !editing()) {
       const resp = await fetch("/ui/queue/rows");
       if (!resp.ok) throw new Error(`/ui/queue/rows: ${resp.status}`);
       body.innerHTML = await resp.text();
