@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 PIP_INSTALL := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet
 
-.PHONY: install install-test install-vllm serve test lint bench bench-load postgres
+.PHONY: install install-test install-vllm browser serve test lint bench bench-load postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ install-test: $(VENV)/.installed-test
 
 install-vllm: $(VENV)/.installed-vllm
 
+# The dashboard tests drive Debian's chromium with Playwright (Playwright's own browser
+# download is not used).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
 serve: install
 	$(VENV)/bin/batch-server serve $(ARGS)
 
@@ -51,7 +58,7 @@ postgres:
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
-test: install-test install-vllm postgres
+test: install-test install-vllm postgres browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -60,6 +67,7 @@ bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_workers.py
 	$(PY) benchmarks/bench_vllm.py
+	$(PY) benchmarks/bench_eta.py
 
 bench-load: install-test
 	$(PY) benchmarks/bench_load.py

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
-from batch_server.api import admin, auth, batches, files, health, models
+from batch_server import web
+from batch_server.api import admin, auth, batches, files, health, history, models, queue
 from batch_server.api import metrics as metrics_api
 from batch_server.api import webhooks as webhooks_api
 from batch_server.app_context import AppContext
@@ -57,9 +58,20 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     app.state.ctx = ctx
     app.state.registry = CollectorRegistry()
     app.state.registry.register(DatabaseCollector(ctx.db))
-    for module in (files, batches, models, health, admin, webhooks_api, metrics_api):
+    for module in (
+        files,
+        batches,
+        models,
+        health,
+        admin,
+        webhooks_api,
+        metrics_api,
+        queue,
+        history,
+    ):
         app.include_router(module.router)
     app.add_middleware(RequestContextMiddleware)
+    web.install(app)
     _install_error_handlers(app)
     return app
 

@@ -1,5 +1,5 @@
-"""The ``batch-server`` command: ``serve`` (API + in-process worker), ``worker`` and
-``keys`` (API key administration)."""
+"""The ``batch-server`` command: ``serve`` (API + in-process worker), ``worker``, ``keys``
+(API key administration) and the client commands of :mod:`batch_server.client_commands`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from batch_server import logs
+from batch_server import client_commands, logs
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 app = typer.Typer(
@@ -209,6 +209,12 @@ def prepare_model(
         return
     gguf_to_hf(source, target)
     typer.echo(f"{model_id}: prepared {target}")
+
+
+# Client commands (submit, status, list, queue, results, cancel, priority, models): they
+# talk to a server over HTTP, see client_commands.py.
+for _name, _command in client_commands.COMMANDS.items():
+    app.command(_name)(_command)
 
 
 if __name__ == "__main__":

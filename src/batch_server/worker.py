@@ -24,6 +24,7 @@ from batch_server.db.session import Database
 from batch_server.db.tables import WorkerRow
 from batch_server.engines import start_engine
 from batch_server.engines.base import Engine, EngineFailure, EngineRequest, EngineResult
+from batch_server.estimates import SampleRecorder
 from batch_server.gpu import GpuMonitor
 from batch_server.jobs.finalize import finalize
 from batch_server.jobs.queue import Claim, LeaseLost, Queue, Result
@@ -151,6 +152,7 @@ class Worker:
             target=self._unit_heartbeat, args=(claim, stop), name="unit-heartbeat", daemon=True
         )
         beat.start()
+        samples = SampleRecorder(self.db, claim.batch_id, claim.model, self.id)
         try:
             engine = self._engine_for(claim.model)
         except Exception as exc:
@@ -165,7 +167,9 @@ class Worker:
             return
         try:
             for result in engine.run(requests, stop.is_set):
-                self.queue.record(claim, [self._to_result(result, custom_ids)], self.id)
+                stored = self._to_result(result, custom_ids)
+                self.queue.record(claim, [stored], self.id)
+                samples.add(stored.input_tokens, stored.output_tokens)
         except LeaseLost:
             stop.set()
             self._fenced(claim)
@@ -181,6 +185,7 @@ class Worker:
             )
             return
         finally:
+            samples.flush()
             interrupted = stop.is_set()
             stop.set()
             beat.join()

@@ -11,10 +11,10 @@ from sqlalchemy import select
 from batch_server import keys, limits, webhooks
 from batch_server.api.auth import AdminAuth
 from batch_server.api.deps import Ctx
-from batch_server.api.health import WORKER_FRESH_SECONDS
 from batch_server.db.tables import ApiKeyRow, RuntimeConfigRow, WorkerRow
 from batch_server.errors import NotFound
 from batch_server.jobs.queue import Queue
+from batch_server.jobs.reports import WORKER_FRESH_SECONDS
 from batch_server.openai_types import key_object
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])

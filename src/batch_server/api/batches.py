@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
 
 from batch_server import ids, limits, webhooks
 from batch_server.api.auth import Auth, Principal
@@ -19,7 +22,9 @@ from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
 from batch_server.errors import APIError, Conflict, NotFound
-from batch_server.jobs import lifecycle
+from batch_server.jobs import lifecycle, reports
+from batch_server.jobs.queue import set_priority
+from batch_server.jobs.validation import validate
 from batch_server.openai_types import (
     SUPPORTED_ENDPOINTS,
     CreateBatchBody,
@@ -176,28 +181,75 @@ async def _create_from_upload(
     """``curl -F file=@requests.jsonl -F model=…``: upload and create in one call."""
     form = await read_form(request, max_bytes)
     try:
-        metadata_raw = form_text(form, "metadata")
-        try:
-            metadata = json.loads(metadata_raw) if metadata_raw else None
-        except (ValueError, RecursionError) as exc:
-            raise APIError("'metadata' must be a JSON object", param="metadata") from exc
-        priority = form_text(form, "priority")
-        try:
-            body = CreateBatchBody(
-                input_file_id="pending",
-                endpoint=form_text(form, "endpoint") or "/v1/chat/completions",
-                completion_window=form_text(form, "completion_window") or "24h",
-                metadata=metadata,
-                model=form_text(form, "model"),
-                priority=int(priority) if priority else None,
-            )
-        except (ValidationError, ValueError) as exc:
-            raise APIError(f"Invalid form field: {exc}", code="invalid_value") from exc
-        upload = form_file(form)
-        stored = await store_upload(ctx, upload, "batch", who)
+        return await create_from_form(ctx, form, who)
     finally:
         await form.close()
+
+
+async def create_from_form(ctx: AppContext, form: FormData, who: Principal) -> dict:
+    """Store the form's ``file`` and create a batch from it and the form's fields."""
+    metadata_raw = form_text(form, "metadata")
+    try:
+        metadata = json.loads(metadata_raw) if metadata_raw else None
+    except (ValueError, RecursionError) as exc:
+        raise APIError("'metadata' must be a JSON object", param="metadata") from exc
+    priority = form_text(form, "priority")
+    try:
+        body = CreateBatchBody(
+            input_file_id="pending",
+            endpoint=form_text(form, "endpoint") or "/v1/chat/completions",
+            completion_window=form_text(form, "completion_window") or "24h",
+            metadata=metadata,
+            model=form_text(form, "model"),
+            priority=int(priority) if priority else None,
+        )
+    except (ValidationError, ValueError) as exc:
+        raise APIError(f"Invalid form field: {exc}", code="invalid_value") from exc
+    upload = form_file(form)
+    stored = await store_upload(ctx, upload, "batch", who)
     return create(ctx, body.model_copy(update={"input_file_id": stored.id}), who)
+
+
+@router.post("/validate")
+async def validate_upload(request: Request, ctx: Ctx, who: Auth) -> dict:
+    """Dry run: validate a JSONL file (multipart ``file``, optional ``model`` and
+    ``endpoint``) exactly as a batch would be, without storing or running anything."""
+    form = await read_form(request, creation_limits(ctx, who).max_upload_bytes)
+    try:
+        upload = form_file(form)
+        endpoint = form_text(form, "endpoint") or "/v1/chat/completions"
+        if endpoint not in SUPPORTED_ENDPOINTS:
+            raise APIError(f"Unsupported endpoint '{endpoint}'", param="endpoint")
+        model = form_text(form, "model")
+        if model and model not in ctx.settings.model_aliases():
+            raise NotFound("model", model, param="model")
+        result = await run_in_threadpool(dry_run, ctx, upload, endpoint, model)
+    finally:
+        await form.close()
+    return result
+
+
+def dry_run(ctx: AppContext, upload: UploadFile, endpoint: str, model: str | None) -> dict:
+    """Validate an uploaded file as a batch would be, without storing it."""
+    settings = ctx.settings
+    upload.file.seek(0)
+    result = validate(
+        upload.file,  # type: ignore[arg-type]
+        endpoint=endpoint,
+        batch_model=model,
+        aliases=settings.model_aliases(),
+        max_requests=settings.max_requests_per_batch,
+        unit_size=settings.unit_size,
+        max_errors=settings.max_validation_errors,
+        max_line_bytes=settings.max_line_bytes,
+    )
+    return {
+        "object": "batch.validation",
+        "valid": not result.errors,
+        "total": result.total,
+        "models": sorted(result.models),
+        "errors": result.errors,
+    }
 
 
 @router.get("")
@@ -244,3 +296,61 @@ def batch_logs(batch_id: str, ctx: Ctx, who: Auth) -> dict:
         ).scalars()
         data = [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
     return {"object": "list", "batch_id": batch_id, "data": data}
+
+
+def _offset_page(
+    ctx: AppContext,
+    who: Principal,
+    batch_id: str,
+    offset: int,
+    limit: int,
+    maximum: int,
+    read: Callable,
+) -> tuple[BatchRow, dict]:
+    check_limit(limit, maximum)
+    if offset < 0:
+        raise APIError("'offset' must be 0 or more", param="offset", code="invalid_value")
+    row = load(ctx, batch_id, who)
+    data, more = read(ctx.db, ctx.store, row, offset, limit)
+    page = {"object": "list", "batch_id": batch_id, "data": data, "has_more": more}
+    return row, page | {"next_offset": offset + len(data) if more else None}
+
+
+@router.get("/{batch_id}/failed")
+def failed_requests(
+    batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(100), offset: int = Query(0)
+) -> dict:
+    """The batch's failed requests with their errors (from the results while it runs, from
+    its error file once finalized); validation errors are in the batch's ``errors``."""
+    row, page = _offset_page(ctx, who, batch_id, offset, limit, 1000, reports.failed_requests)
+    return page | {"validation_errors": row.errors or []}
+
+
+@router.get("/{batch_id}/requests")
+def request_pairs(
+    batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(20), offset: int = Query(0)
+) -> dict:
+    """Input requests next to their responses or errors, in input order."""
+    return _offset_page(ctx, who, batch_id, offset, limit, 200, reports.request_pairs)[1]
+
+
+class PriorityBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    priority: int
+
+
+@router.post("/{batch_id}/priority")
+def change_priority(batch_id: str, body: PriorityBody, ctx: Ctx, who: Auth) -> dict:
+    """Re-prioritise a batch that is waiting or running: higher runs first."""
+    load(ctx, batch_id, who)
+    with ctx.db.write() as s:
+        old = set_priority(s, batch_id, body.priority)
+    if old is None:
+        row = load(ctx, batch_id, who)
+        raise Conflict(
+            f"Cannot change the priority of a batch with status '{row.status}'",
+            param="batch_id",
+            code="invalid_state",
+        )
+    ctx.wake.notify()
+    return batch_object(load(ctx, batch_id, who))

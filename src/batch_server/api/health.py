@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from batch_server.api.deps import Ctx
 from batch_server.app_context import AppContext
-from batch_server.db.tables import WorkerRow
+from batch_server.jobs import reports
 
 router = APIRouter(tags=["health"])
-
-WORKER_FRESH_SECONDS = 15.0
-
-
-def _workers(ctx: AppContext) -> list[dict]:
-    cutoff = time.time() - WORKER_FRESH_SECONDS
-    with ctx.db.read() as s:
-        rows = s.execute(select(WorkerRow).where(WorkerRow.heartbeat_at >= cutoff)).scalars()
-        return [
-            {
-                "id": w.id,
-                "state": w.state,
-                "loaded_model": w.loaded_model,
-                "current_batch_id": w.current_batch_id,
-                "heartbeat_age_seconds": round(time.time() - w.heartbeat_at, 1),
-            }
-            for w in rows
-        ]
 
 
 @router.get("/health")
 def health(ctx: Ctx) -> dict:
     return {
         "status": "ok",
-        "version": _version(),
-        "workers": _workers(ctx),
-        "gpu": ctx.gpu.status() if ctx.gpu else {"available": False, "monitoring": "off"},
+        "version": version(),
+        "workers": reports.workers(ctx.db),
+        "gpu": gpu_status(ctx),
     }
 
 
@@ -52,7 +32,7 @@ def ready(ctx: Ctx) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:  # report, do not raise: this endpoint exists to say so
         checks["database"] = f"error: {exc}"
-    workers = _workers(ctx) if checks["database"] == "ok" else []
+    workers = reports.workers(ctx.db) if checks["database"] == "ok" else []
     checks["workers"] = len(workers)
     ok = checks["database"] == "ok" and bool(workers)
     if not workers:
@@ -62,10 +42,15 @@ def ready(ctx: Ctx) -> JSONResponse:
     )
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def gpu_status(ctx: AppContext) -> dict:
+    return ctx.gpu.status() if ctx.gpu else {"available": False, "monitoring": "off"}
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
     try:
-        return version("vllm-batch-server")
+        return dist_version("vllm-batch-server")
     except PackageNotFoundError:
         return "dev"

@@ -230,3 +230,22 @@ class MetricRow(Base):
     labels: Mapped[str] = mapped_column(String(512), primary_key=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ThroughputSampleRow(Base):
+    """A slice (a few seconds) of one worker's engine time on one batch and model: how many
+    requests and tokens it finished. ETAs, the throughput chart and the models page are
+    computed from these (see :mod:`batch_server.estimates`)."""
+
+    __tablename__ = "throughput_samples"
+    __table_args__ = (Index("ix_throughput_samples_model_end", "model", "ended_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    worker: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float] = mapped_column(Float, index=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)

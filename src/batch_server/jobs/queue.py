@@ -21,6 +21,25 @@ from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, ResultRow, WorkUnitRow
 from batch_server.jobs import lifecycle
 
+# The order batches run in: higher priority first, then FIFO. Claims, the queue view and
+# its ETAs all use it.
+RUN_ORDER = (BatchRow.priority.desc(), BatchRow.seq)
+
+
+def set_priority(s: Session, batch_id: str, priority: int) -> int | None:
+    """Change the priority of a batch that has not finished; returns the old priority,
+    or ``None`` when the batch is no longer waiting or running."""
+    old = s.execute(
+        select(BatchRow.priority).where(
+            BatchRow.id == batch_id, BatchRow.status.in_(("validating", "in_progress"))
+        )
+    ).scalar()
+    if old is None:
+        return None
+    s.execute(update(BatchRow).where(BatchRow.id == batch_id).values(priority=priority))
+    lifecycle.log_event(s, batch_id, "priority", f"priority {old} → {priority}")
+    return old
+
 
 class LeaseLost(Exception):
     """The unit was fenced: cancelled, expired, or taken over after the lease ran out."""
@@ -80,7 +99,7 @@ class Queue:
                         BatchRow.pending_outcome.is_(None),
                         or_(WorkUnitRow.not_before.is_(None), WorkUnitRow.not_before <= now),
                     )
-                    .order_by(BatchRow.priority.desc(), prefer, BatchRow.seq, WorkUnitRow.index)
+                    .order_by(RUN_ORDER[0], prefer, *RUN_ORDER[1:], WorkUnitRow.index)
                     .limit(1)
                 )
                 if not self.db.is_sqlite:
@@ -342,7 +361,7 @@ class Queue:
             query = (
                 select(BatchRow.id, BatchRow.status, BatchRow.pending_outcome)
                 .where(free, or_(needs_finalize, needs_validate))
-                .order_by(BatchRow.priority.desc(), BatchRow.seq)
+                .order_by(*RUN_ORDER)
                 .limit(1)
             )
             if not self.db.is_sqlite:

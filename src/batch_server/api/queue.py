@@ -1,0 +1,72 @@
+"""The queue (live batches in run order, with ETAs) and measured throughput."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from batch_server import estimates
+from batch_server.api.auth import OPEN, Auth, Principal
+from batch_server.api.deps import Ctx
+from batch_server.app_context import AppContext
+from batch_server.db.tables import BatchRow
+from batch_server.errors import APIError, NotFound
+from batch_server.jobs import reports
+from batch_server.jobs.lifecycle import LIVE
+
+router = APIRouter(tags=["queue"])
+
+
+def snapshot(ctx: AppContext, who: Principal = OPEN) -> dict:
+    """The queue as ``who`` may see it: positions, jobs ahead and ETAs count every batch,
+    but only the caller's own batches are listed (admins see all)."""
+    snap = reports.queue(ctx.db, ctx.store, ctx.settings.model_aliases())
+    if not who.admin:
+        with ctx.db.read() as s:
+            mine = set(
+                s.execute(
+                    who.scope(select(BatchRow.id).where(BatchRow.status.in_(LIVE)), BatchRow)
+                ).scalars()
+            )
+        snap["data"] = [e for e in snap["data"] if e["id"] in mine]
+    return snap
+
+
+@router.get("/v1/queue")
+def get_queue(ctx: Ctx, who: Auth) -> dict:
+    """Running and waiting batches in the order they will run, and the workers."""
+    return snapshot(ctx, who)
+
+
+@router.get("/v1/queue/{batch_id}")
+def get_queue_entry(batch_id: str, ctx: Ctx, who: Auth) -> dict:
+    """One batch's queue entry (position, progress, ETA); 404 once it has finished."""
+    for entry in snapshot(ctx, who)["data"]:
+        if entry["id"] == batch_id:
+            return entry
+    raise NotFound("queued batch", batch_id, param="batch_id")
+
+
+@router.get("/v1/stats/throughput")
+def throughput(ctx: Ctx, who: Auth, window: int = Query(3600), bucket: int = Query(60)) -> dict:
+    """Requests and tokens per second of all workers over the last ``window`` seconds, in
+    ``bucket``-second steps; and each model's learned rate."""
+    if not 60 <= window <= 7 * 86400 or not 10 <= bucket <= window or window // bucket > 1000:
+        raise APIError(
+            "'window' must be 60 s to 7 days and 'bucket' 10 s to 'window', at most 1000 buckets",
+            param="bucket",
+            code="invalid_value",
+        )
+    now = time.time()
+    with ctx.db.read() as s:
+        data = estimates.series(s, now, window, bucket)
+        models = estimates.model_rates(s, now)
+    return {
+        "object": "throughput",
+        "window": window,
+        "bucket": bucket,
+        "data": data,
+        "models": {m: r.as_dict() for m, r in models.items()},
+    }

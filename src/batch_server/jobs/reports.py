@@ -1,0 +1,311 @@
+"""Read-only views of the work for the API, the dashboard and the CLI: the queue in run
+order with ETAs, the workers, and a batch's requests next to their results.
+
+A batch's results live in the ``results`` table while it runs and in its output and error
+files once finalized; the readers here hide which.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from functools import lru_cache
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import func, select
+
+from batch_server.db.session import Database
+from batch_server.db.tables import BatchRow, ResultRow, WorkerRow, WorkUnitRow
+from batch_server.estimates import (
+    Planned,
+    batch_rates,
+    current_rates,
+    model_rates,
+    plan,
+)
+from batch_server.jobs.lifecycle import LIVE
+from batch_server.jobs.queue import RUN_ORDER
+from batch_server.jobs.validation import iter_lines
+from batch_server.storage import FileStore
+
+WORKER_FRESH_SECONDS = 15.0
+
+
+def workers(db: Database, now: float | None = None) -> list[dict[str, Any]]:
+    """Workers with a fresh heartbeat and what each is doing."""
+    now = now or time.time()
+    with db.read() as s:
+        rows = s.execute(
+            select(WorkerRow)
+            .where(WorkerRow.heartbeat_at >= now - WORKER_FRESH_SECONDS)
+            .order_by(WorkerRow.started_at)
+        ).scalars()
+        return [
+            {
+                "id": w.id,
+                "hostname": w.hostname,
+                "pid": w.pid,
+                "state": w.state,
+                "loaded_model": w.loaded_model,
+                "current_batch_id": w.current_batch_id,
+                "started_at": int(w.started_at),
+                "heartbeat_age_seconds": round(now - w.heartbeat_at, 1),
+            }
+            for w in rows
+        ]
+
+
+def queue(
+    db: Database, store: FileStore, aliases: dict[str, str], now: float | None = None
+) -> dict[str, Any]:
+    """Live batches in the order they will run, each with its position, progress, current
+    throughput and ETA; and the workers."""
+    now = now or time.time()
+    live_workers = workers(db, now)
+    with db.read() as s:
+        rows = list(
+            s.execute(
+                select(BatchRow).where(BatchRow.status.in_(LIVE)).order_by(*RUN_ORDER)
+            ).scalars()
+        )
+        ids = [r.id for r in rows]
+        leased = dict(
+            s.execute(
+                select(WorkUnitRow.batch_id, func.count())
+                .where(
+                    WorkUnitRow.batch_id.in_(ids),
+                    WorkUnitRow.status == "leased",
+                    WorkUnitRow.lease_expires_at > now,
+                )
+                .group_by(WorkUnitRow.batch_id)
+            ).all()
+        )
+        # Run order: batches being wrapped up, then those a worker is on, then the rest
+        # in priority-then-FIFO order (a running unit finishes before a new claim).
+        rows.sort(key=lambda r: _run_rank(r, leased.get(r.id, 0)))
+        own = batch_rates(s, ids)
+        current = current_rates(s, ids, now)
+        models = model_rates(s, now)
+    planned = [_planned(r, store, aliases) for r in rows]
+    etas = plan(planned, own, models, len(live_workers), now)
+    data = []
+    requests_ahead = 0
+    for position, r in enumerate(rows, start=1):
+        done = r.completed + r.failed
+        rate = current.get(r.id)
+        running_on = [w["id"] for w in live_workers if w["current_batch_id"] == r.id]
+        data.append(
+            {
+                "id": r.id,
+                "object": "queue.entry",
+                "status": r.status,
+                "state": _state(r, leased.get(r.id, 0), running_on),
+                "model": r.model,
+                "priority": r.priority,
+                "position": position,
+                "jobs_ahead": position - 1,
+                "requests_ahead": requests_ahead,
+                "created_at": r.created_at,
+                "in_progress_at": r.in_progress_at,
+                "metadata": r.metadata_,
+                "request_counts": {"total": r.total, "completed": r.completed, "failed": r.failed},
+                "progress": round(done / r.total, 4) if r.total else 0.0,
+                "throughput": rate.as_dict() if rate else None,
+                "eta": etas[r.id].as_dict(),
+                "workers": running_on,
+            }
+        )
+        requests_ahead += _remaining(r)
+    return {
+        "object": "queue",
+        "generated_at": int(now),
+        "running": sum(1 for d in data if d["state"] == "running"),
+        "waiting": sum(1 for d in data if d["state"] == "waiting"),
+        "data": data,
+        "workers": live_workers,
+    }
+
+
+def _planned(r: BatchRow, store: FileStore, aliases: dict[str, str]) -> Planned:
+    count, first_model, max_tokens = _peek(store, r.input_file_id)
+    if r.status != "validating":
+        return Planned(r.id, r.model, _remaining(r), max_tokens)
+    return Planned(r.id, r.model or aliases.get(first_model or ""), count, max_tokens)
+
+
+@lru_cache(maxsize=1024)
+def _peek(store: FileStore, file_id: str) -> tuple[int | None, str | None, int | None]:
+    """Request lines, and the first line's model and token limit, of a (never modified)
+    input file: what a batch that has not started yet will run, for its ETA."""
+    count, model, max_tokens = 0, None, None
+    try:
+        with store.open(file_id) as fh:
+            for line in iter_lines(fh):
+                if count == 0:
+                    with suppress(ValueError, AttributeError, TypeError):
+                        body = json.loads(line.raw).get("body", {})
+                        model = body.get("model")
+                        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+                        max_tokens = int(limit) if limit else None
+                count += 1
+    except FileNotFoundError:
+        return None, None, None
+    return count, model, max_tokens
+
+
+def _run_rank(r: BatchRow, leased_units: int) -> int:
+    """0 for a batch being wrapped up, 1 for one a worker is on, 2 for a waiting one."""
+    if r.status in ("finalizing", "cancelling"):
+        return 0
+    return 1 if leased_units else 2
+
+
+def _remaining(r: BatchRow) -> int:
+    if r.status in ("finalizing", "cancelling"):
+        return 0
+    return max(r.total - r.completed - r.failed, 0)
+
+
+def _state(r: BatchRow, leased_units: int, running_on: list[str]) -> str:
+    if r.status != "in_progress":
+        return r.status
+    return "running" if leased_units or running_on else "waiting"
+
+
+# -- a batch's failed requests and its request/response pairs ------------------------------
+
+
+def failed_requests(
+    db: Database, store: FileStore, batch: BatchRow, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """The batch's error lines (``offset``, up to ``limit``), each with its code and
+    message pulled out; and whether there are more."""
+    lines = islice(_error_lines(db, store, batch), offset, offset + limit + 1)
+    items = [_failure(json.loads(line)) for line in lines]
+    return items[:limit], len(items) > limit
+
+
+def _error_lines(db: Database, store: FileStore, batch: BatchRow) -> Iterator[str]:
+    if batch.error_file_id is None and batch.status in LIVE:
+        with db.read() as s:
+            rows = s.execute(
+                select(ResultRow.payload)
+                .where(ResultRow.batch_id == batch.id, ResultRow.is_error.is_(True))
+                .order_by(ResultRow.request_index)
+            ).all()
+        if rows or _reload(db, batch.id).error_file_id is None:
+            yield from (r[0] for r in rows)
+            return
+        batch = _reload(db, batch.id)  # finalized meanwhile: the rows moved to the file
+    if batch.error_file_id:
+        yield from _file_lines(store, batch.error_file_id)
+
+
+def _reload(db: Database, batch_id: str) -> BatchRow:
+    with db.read() as s:
+        row = s.execute(select(BatchRow).where(BatchRow.id == batch_id)).scalar_one()
+    return row
+
+
+def _file_lines(store: FileStore, file_id: str) -> Iterator[str]:
+    try:
+        fh = store.open(file_id)
+    except FileNotFoundError:
+        return
+    with fh:
+        for raw in fh:
+            if raw.strip():
+                yield raw.decode()
+
+
+def _failure(line: dict[str, Any]) -> dict[str, Any]:
+    response = line.get("response") or {}
+    error = line.get("error") or (response.get("body") or {}).get("error") or {}
+    return {
+        "custom_id": line.get("custom_id"),
+        "status_code": response.get("status_code"),
+        "code": error.get("code"),
+        "message": error.get("message"),
+        "line": line,
+    }
+
+
+def request_pairs(
+    db: Database, store: FileStore, batch: BatchRow, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """Input requests ``offset``..``offset+limit`` next to their responses or errors
+    (``None`` while not run yet); and whether there are more."""
+    try:
+        fh = store.open(batch.input_file_id)
+    except FileNotFoundError:
+        return [], False
+    with fh:
+        page = list(islice(iter_lines(fh), offset, offset + limit + 1))
+    more, page = len(page) > limit, page[:limit]
+    items: list[dict[str, Any]] = []
+    for i, line in enumerate(page):
+        try:
+            obj = json.loads(line.raw)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            obj = {"raw": line.raw.decode(errors="replace")}
+        items.append(
+            {
+                "index": offset + i,
+                "line": line.line_no,
+                "custom_id": obj.get("custom_id"),
+                "request": obj.get("body", obj),
+                "status_code": None,
+                "response": None,
+                "error": None,
+            }
+        )
+    results = _results_for(db, store, batch, items)
+    for item in items:
+        found = results.get(item["custom_id"])
+        if found:
+            response = found.get("response") or {}
+            item["status_code"] = response.get("status_code")
+            body = response.get("body")
+            if item["status_code"] == 200:
+                item["response"] = body
+            else:
+                item["error"] = found.get("error") or (body or {}).get("error")
+    return items, more
+
+
+def _results_for(
+    db: Database, store: FileStore, batch: BatchRow, items: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    if not items:
+        return {}
+    if batch.status in LIVE:
+        first, last = items[0]["index"], items[-1]["index"]
+        with db.read() as s:
+            rows = s.execute(
+                select(ResultRow.payload).where(
+                    ResultRow.batch_id == batch.id,
+                    ResultRow.request_index >= first,
+                    ResultRow.request_index <= last,
+                )
+            ).all()
+        found = [json.loads(r[0]) for r in rows]
+        if found or _reload(db, batch.id).status in LIVE:
+            return {f["custom_id"]: f for f in found}
+        batch = _reload(db, batch.id)
+    wanted = {item["custom_id"] for item in items}
+    out: dict[str, dict[str, Any]] = {}
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        if file_id is None:
+            continue
+        for raw in _file_lines(store, file_id):
+            line = json.loads(raw)
+            if line.get("custom_id") in wanted:
+                out[line["custom_id"]] = line
+                if len(out) == len(wanted):
+                    return out
+    return out

@@ -1,0 +1,18 @@
+"""The dashboard: server-rendered pages under ``/ui`` with a little JavaScript that polls
+the JSON APIs. Templates and static assets ship in the package (no CDN)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from batch_server.web.pages import router
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="static")

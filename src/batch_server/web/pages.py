@@ -1,0 +1,274 @@
+"""Dashboard pages. Each handler gathers data through the same functions as the JSON APIs
+and renders one template; the pages' JavaScript then polls those APIs for live values."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+
+from batch_server import estimates
+from batch_server.api.auth import OPEN, admin_principal
+from batch_server.api.batches import create_from_form, dry_run, load
+from batch_server.api.deps import Ctx
+from batch_server.api.health import gpu_status, version
+from batch_server.api.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
+from batch_server.api.queue import snapshot
+from batch_server.api.uploads import form_file, form_text, read_form
+from batch_server.db.tables import BatchEventRow
+from batch_server.errors import APIError
+from batch_server.jobs import reports
+from batch_server.jobs.lifecycle import LIVE
+from batch_server.openai_types import SUPPORTED_ENDPOINTS
+
+# The pages see every batch, so they need an admin key once keys exist (the browser sends
+# none: the dashboard is for servers that run open on loopback or behind a trusted proxy
+# that adds the header).
+router = APIRouter(include_in_schema=False, dependencies=[Depends(admin_principal)])
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def _datetime(ts: float | None) -> str:
+    if not ts:
+        return "–"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return estimates.human_duration(seconds)
+
+
+templates.env.filters["datetime"] = _datetime
+templates.env.filters["duration"] = _duration
+
+
+def render(request: Request, name: str, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context)
+
+
+@router.get("/")
+def root() -> RedirectResponse:
+    return RedirectResponse("/ui", status_code=307)
+
+
+@router.get("/ui")
+def overview(request: Request, ctx: Ctx) -> HTMLResponse:
+    queue = snapshot(ctx)
+    with ctx.db.read() as s:
+        rates = estimates.model_rates(s)
+    return render(
+        request,
+        "overview.html",
+        page="overview",
+        queue=queue,
+        version=version(),
+        uptime=time.time() - ctx.started_at,
+        gpu=gpu_status(ctx),
+        models=ctx.settings.models,
+        rates=rates,
+    )
+
+
+@router.get("/ui/fragments/status")
+def status_fragment(request: Request, ctx: Ctx) -> HTMLResponse:
+    """The overview's live part (workers and queue depth), re-fetched by the page."""
+    return render(
+        request,
+        "_status.html",
+        queue=snapshot(ctx),
+    )
+
+
+@router.get("/ui/queue")
+def queue_page(request: Request, ctx: Ctx) -> HTMLResponse:
+    return render(
+        request,
+        "queue.html",
+        page="queue",
+        queue=snapshot(ctx),
+    )
+
+
+@router.get("/ui/queue/rows")
+def queue_rows(request: Request, ctx: Ctx) -> HTMLResponse:
+    """The queue table's rows, re-fetched when batches join, leave or change order."""
+    return render(
+        request,
+        "_queue_rows.html",
+        queue=snapshot(ctx),
+    )
+
+
+@router.get("/ui/batches")
+def batches_page(
+    request: Request,
+    ctx: Ctx,
+    status: str = "all",
+    model: str = "",
+    q: str = "",
+    since: str = "",
+    until: str = "",
+    after: str | None = None,
+) -> HTMLResponse:
+    error = None
+    try:
+        filters = HistoryFilter.parse(
+            status or "all",
+            model=model or None,
+            q=q or None,
+            since=_date(since, "since"),
+            until=_date(until, "until", end_of_day=True),
+        )
+        rows, more = history_page(ctx, filters, 25, after or None)
+    except APIError as exc:
+        error, rows, more = exc.message, [], False
+    form = {"status": status, "model": model, "q": q, "since": since, "until": until}
+    return render(
+        request,
+        "batches.html",
+        page="batches",
+        rows=rows,
+        more=more,
+        error=error,
+        form=form,
+        next_query=urlencode(form | {"after": rows[-1]["id"]}) if more else "",
+        statuses=ALL_STATUSES,
+        models=ctx.settings.models,
+    )
+
+
+def _date(value: str, param: str, end_of_day: bool = False) -> int | None:
+    if not value:
+        return None
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise APIError(f"'{param}' must be a date (YYYY-MM-DD)", param=param) from exc
+    return int(day.timestamp()) + (86400 if end_of_day else 0)
+
+
+@router.get("/ui/batches/{batch_id}")
+def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: int = 0) -> HTMLResponse:
+    row = load(ctx, batch_id, OPEN)
+    offset = max(offset, 0)
+    with ctx.db.read() as s:
+        rate = estimates.batch_rates(s, [batch_id]).get(batch_id)
+        events = list(
+            s.execute(
+                select(BatchEventRow)
+                .where(BatchEventRow.batch_id == batch_id)
+                .order_by(BatchEventRow.id)
+            ).scalars()
+        )
+    failures, more_failures = reports.failed_requests(ctx.db, ctx.store, row, 0, 50)
+    pairs, more_pairs = reports.request_pairs(ctx.db, ctx.store, row, offset, 10)
+    entry = next(
+        (e for e in snapshot(ctx)["data"] if e["id"] == batch_id),
+        None,
+    )
+    return render(
+        request,
+        "batch.html",
+        page="batches",
+        batch=history_entry(row, rate),
+        live=row.status in LIVE,
+        entry=entry,
+        events=events,
+        failures=failures,
+        more_failures=more_failures,
+        pairs=pairs,
+        offset=offset,
+        more_pairs=more_pairs,
+    )
+
+
+@router.get("/ui/submit")
+def submit_page(request: Request, ctx: Ctx) -> HTMLResponse:
+    return _submit_form(request, ctx)
+
+
+def _submit_form(
+    request: Request, ctx: Ctx, result: dict | None = None, values: dict | None = None
+) -> HTMLResponse:
+    return render(
+        request,
+        "submit.html",
+        page="submit",
+        models=ctx.settings.models,
+        endpoints=SUPPORTED_ENDPOINTS,
+        result=result,
+        values=values or {"priority": "0", "completion_window": "24h"},
+    )
+
+
+async def _check(ctx: Ctx, form: FormData) -> tuple[dict, dict]:
+    """The form's values and the dry-run validation of its file."""
+    values = {k: form_text(form, k) or "" for k in ("model", "priority", "endpoint")}
+    values["completion_window"] = form_text(form, "completion_window") or "24h"
+    try:
+        upload = form_file(form)
+        endpoint = values["endpoint"] or SUPPORTED_ENDPOINTS[0]
+        result = await run_in_threadpool(dry_run, ctx, upload, endpoint, values["model"] or None)
+    except APIError as exc:
+        result = {"valid": False, "total": 0, "errors": [{"line": None, **exc.body()["error"]}]}
+    return values, result
+
+
+@router.post("/ui/submit/check")
+async def check_file(request: Request, ctx: Ctx) -> HTMLResponse:
+    """The validation of a chosen file, shown before the form is submitted."""
+    form = await read_form(request, ctx.settings.max_upload_bytes)
+    try:
+        _values, result = await _check(ctx, form)
+    finally:
+        await form.close()
+    return render(request, "_validation.html", result=result)
+
+
+@router.post("/ui/submit")
+async def submit_form(request: Request, ctx: Ctx) -> Response:
+    """Validate first: a file with errors is shown again with its line numbers and no
+    batch is created; a valid one becomes a batch and the browser goes to its page."""
+    form = await read_form(request, ctx.settings.max_upload_bytes)
+    try:
+        values, result = await _check(ctx, form)
+        if result["valid"]:
+            try:
+                batch = await create_from_form(ctx, form, OPEN)
+            except APIError as exc:
+                error = {"line": None, **exc.body()["error"]}
+                result = {"valid": False, "total": 0, "errors": [error]}
+            else:
+                return RedirectResponse(f"/ui/batches/{batch['id']}", status_code=303)
+    finally:
+        await form.close()
+    return _submit_form(request, ctx, result, values)
+
+
+@router.get("/ui/models")
+def models_page(request: Request, ctx: Ctx) -> HTMLResponse:
+    with ctx.db.read() as s:
+        rates = estimates.model_rates(s)
+    loaded: dict[str, list[str]] = {}
+    for w in reports.workers(ctx.db):
+        if w["loaded_model"]:
+            loaded.setdefault(w["loaded_model"], []).append(w["id"])
+    return render(
+        request,
+        "models.html",
+        page="models",
+        models=ctx.settings.models,
+        rates=rates,
+        loaded=loaded,
+    )

@@ -1,0 +1,48 @@
+"""The ETA arithmetic of ``estimates.plan`` (the end-to-end behaviour is tested over HTTP in
+test_queue_history.py and measured by benchmarks/bench_eta.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from batch_server.estimates import Planned, Rate, blended_rate, plan
+
+MODEL = Rate(requests=100, input_tokens=0, output_tokens=4000, seconds=50.0)  # 2 req/s, 40 tok
+
+
+def test_queue_adds_up_work_ahead_and_shares_it_between_workers() -> None:
+    batches = [Planned("a", "m", 20), Planned("b", "m", 10)]
+    etas = plan(batches, {}, {"m": MODEL}, workers=1, now=1000.0)
+    assert etas["a"].seconds == pytest.approx(10.0) and etas["a"].basis == "model"
+    assert etas["b"].seconds == pytest.approx(15.0) and etas["b"].at == 1015
+    two = plan(batches, {}, {"m": MODEL}, workers=2, now=1000.0)
+    assert two["b"].seconds == pytest.approx(7.5)
+
+
+def test_unknown_model_makes_it_and_everything_behind_unknown() -> None:
+    batches = [Planned("a", "new", 5), Planned("b", "m", 10), Planned("c", "m", None)]
+    etas = plan(batches, {}, {"m": MODEL}, workers=1, now=0.0)
+    assert [etas[x].basis for x in "abc"] == ["unknown"] * 3
+    assert etas["b"].seconds is None and etas["b"].as_dict()["text"] == "unknown"
+
+
+def test_finished_batch_is_done() -> None:
+    etas = plan([Planned("a", "m", 0)], {}, {"m": MODEL}, workers=1, now=0.0)
+    assert etas["a"].basis == "done" and etas["a"].seconds == 0
+
+
+def test_own_rate_takes_over_and_adapts_to_answer_length() -> None:
+    # the batch's answers are twice as long as usual and it has run for a long time
+    own = Rate(requests=100, input_tokens=0, output_tokens=8000, seconds=100.0)  # 1 req/s
+    rate, basis = blended_rate(own, MODEL)
+    assert basis == "batch+model" and rate == pytest.approx(1.0)
+    early = Rate(requests=1, input_tokens=0, output_tokens=80, seconds=1.0)
+    rate, _ = blended_rate(early, MODEL)
+    assert rate == pytest.approx(1.0)  # the model's rate scaled to 80-token answers
+    assert blended_rate(own, None) == (pytest.approx(1.0), "batch")
+    assert blended_rate(None, None) == (None, "unknown")
+
+
+def test_a_low_token_limit_speeds_up_a_batch_that_has_not_run() -> None:
+    assert blended_rate(None, MODEL, max_tokens=10)[0] == pytest.approx(8.0)
+    assert blended_rate(None, MODEL, max_tokens=400)[0] == pytest.approx(2.0)
