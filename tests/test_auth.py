@@ -89,7 +89,22 @@ def test_tenant_isolation_on_every_endpoint(tenants: Tenants) -> None:
     ):
         with pytest.raises(openai.NotFoundError):
             call()
-    assert tenants.http("bob").get(f"/v1/batches/{batch.id}/logs").status_code == 404
+    bob_http = tenants.http("bob")
+    for method, path, kwargs in (
+        ("GET", f"/v1/batches/{batch.id}/logs", {}),
+        ("GET", f"/v1/batches/{batch.id}/failed", {}),
+        ("GET", f"/v1/batches/{batch.id}/requests", {}),
+        ("POST", f"/v1/batches/{batch.id}/priority", {"json": {"priority": 5}}),
+        ("GET", f"/v1/queue/{batch.id}", {}),
+    ):
+        assert bob_http.request(method, path, **kwargs).status_code == 404, path
+    assert batch.id not in [e["id"] for e in bob_http.get("/v1/queue").json()["data"]]
+    history = bob_http.get("/v1/jobs/history", params={"status": "all"}).json()["data"]
+    assert batch.id not in [e["id"] for e in history]
+    assert tenants.http("alice").get(f"/v1/queue/{batch.id}").status_code in (200, 404)
+    # the dashboard shows every batch: admins only once keys exist
+    assert bob_http.get("/ui").status_code == 403
+    assert tenants.http("root").get("/ui").status_code == 200
     assert file_id not in [f.id for f in bob.files.list()]
     for path, cursor in (("/v1/batches", batch.id), ("/v1/files", file_id)):
         assert tenants.http("bob").get(path, params={"after": cursor}).status_code == 404
@@ -102,6 +117,10 @@ def test_tenant_isolation_on_every_endpoint(tenants: Tenants) -> None:
 
     done = wait_for(alice, batch.id)
     assert done.status == "completed"
+    finished = tenants.http("alice").get("/v1/jobs/history").json()["data"]
+    assert batch.id in [e["id"] for e in finished]
+    finished = tenants.http("bob").get("/v1/jobs/history").json()["data"]
+    assert batch.id not in [e["id"] for e in finished]
     assert alice.files.content(done.output_file_id).text  # output files belong to the owner
     with pytest.raises(openai.NotFoundError):
         bob.files.content(done.output_file_id)

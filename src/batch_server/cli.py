@@ -174,8 +174,23 @@ def keys_revoke(
     typer.echo(f"revoked {key_id}")
 
 
-models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List the server's models (no subcommand), or prepare a local copy of one.",
+    invoke_without_command=True,
+)
 app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models_list(
+    ctx: typer.Context,
+    url: client_commands.UrlOpt = client_commands.DEFAULT_URL,
+    api_key: client_commands.KeyOpt = None,
+    as_json: client_commands.JsonOpt = False,
+) -> None:
+    """List the server's models with their measured throughput."""
+    if ctx.invoked_subcommand is None:
+        client_commands.models(url, api_key, as_json)
 
 
 @models_app.command("prepare")
@@ -214,7 +229,8 @@ def prepare_model(
 # Client commands (submit, status, list, queue, results, cancel, priority, models): they
 # talk to a server over HTTP, see client_commands.py.
 for _name, _command in client_commands.COMMANDS.items():
-    app.command(_name)(_command)
+    if _name != "models":  # `models` is the group above
+        app.command(_name)(_command)
 
 
 if __name__ == "__main__":
