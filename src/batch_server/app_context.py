@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.gpu import GpuMonitor
-from batch_server.limits import RateLimiter
 from batch_server.storage import FileStore, make_store
 from batch_server.wakeup import Wakeup
 
@@ -22,7 +21,6 @@ class AppContext:
     wake: Wakeup
     started_at: int = field(default_factory=lambda: int(time.time()))
     gpu: GpuMonitor | None = None
-    limiter: RateLimiter = field(default_factory=RateLimiter)
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:

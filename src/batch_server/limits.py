@@ -3,7 +3,6 @@ in ``runtime_config``, per key in ``api_keys.limits``)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -12,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from batch_server.config import Settings
-from batch_server.db.tables import ApiKeyRow, BatchRow, RuntimeConfigRow
+from batch_server.db.tables import ApiKeyRow, BatchRow, FileRow, RuntimeConfigRow
 from batch_server.errors import APIError
 
 RUNTIME_KEY = "limits"
@@ -88,26 +87,25 @@ class TooManyRequests(APIError):
     type = "rate_limit_error"
 
 
-class RateLimiter:
-    """A token bucket per key, in this API process (each API process limits on its own)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str, per_minute: int | None) -> None:
-        if per_minute is None:
-            return
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(per_minute), now))
-            tokens = min(float(per_minute), tokens + (now - last) * per_minute / 60.0)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                wait = (1.0 - tokens) * 60.0 / per_minute
-                raise TooManyRequests(
-                    f"Rate limit reached: {per_minute} file uploads and batch creations per "
-                    f"minute for this key. Try again in {wait:.1f} s.",
-                    code="rate_limit_exceeded",
-                )
-            self._buckets[key] = (tokens - 1.0, now)
+def check_creation_rate(s: Session, owner: str | None, per_minute: int | None) -> None:
+    """Refuse (429) a creation call when ``owner`` uploaded files or created batches
+    ``per_minute`` times in the last 60 seconds. Counted in the database, so every API
+    replica enforces the same limit."""
+    if per_minute is None:
+        return
+    since = int(time.time()) - 60
+    recent: list[int] = []
+    for model, extra in ((FileRow, FileRow.purpose != "batch_output"), (BatchRow, True)):
+        mine = model.owner.is_(None) if owner is None else model.owner == owner
+        recent += (
+            s.execute(select(model.created_at).where(mine, extra, model.created_at > since))
+            .scalars()
+            .all()
+        )
+    if len(recent) >= per_minute:
+        wait = max(1, min(recent) + 61 - int(time.time()))
+        raise TooManyRequests(
+            f"Rate limit reached: {per_minute} file uploads and batch creations per minute "
+            f"for this key. Try again in {wait} s.",
+            code="rate_limit_exceeded",
+        )

@@ -71,10 +71,10 @@ def get_file(ctx: AppContext, file_id: str, who: Principal) -> FileRow:
 
 
 def creation_limits(ctx: AppContext, who: Principal) -> limits.Limits:
-    """The caller's limits, after taking one creation from its rate limit."""
+    """The caller's limits, once its creation rate allows one more creation."""
     with ctx.db.read() as s:
         mine = limits.for_owner(s, ctx.settings, who.owner)
-    ctx.limiter.take(who.owner or "", mine.create_rate_per_minute)
+        limits.check_creation_rate(s, who.owner, mine.create_rate_per_minute)
     return mine
 
 
