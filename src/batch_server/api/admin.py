@@ -13,6 +13,7 @@ from batch_server.api.auth import AdminAuth
 from batch_server.api.deps import Ctx
 from batch_server.db.tables import ApiKeyRow, RuntimeConfigRow, WorkerRow
 from batch_server.errors import NotFound
+from batch_server.jobs import reports
 from batch_server.jobs.queue import Queue
 from batch_server.jobs.reports import WORKER_FRESH_SECONDS
 from batch_server.openai_types import key_object
@@ -23,23 +24,7 @@ JSONBody = Annotated[dict[str, Any], Body()]
 
 @router.get("/workers")
 def workers(ctx: Ctx, _who: AdminAuth) -> dict:
-    now = time.time()
-    with ctx.db.read() as s:
-        rows = s.execute(select(WorkerRow).order_by(WorkerRow.started_at)).scalars()
-        data = [
-            {
-                "id": w.id,
-                "hostname": w.hostname,
-                "pid": w.pid,
-                "state": w.state,
-                "loaded_model": w.loaded_model,
-                "current_batch_id": w.current_batch_id,
-                "started_at": int(w.started_at),
-                "heartbeat_age_seconds": round(now - w.heartbeat_at, 1),
-                "alive": now - w.heartbeat_at < WORKER_FRESH_SECONDS,
-            }
-            for w in rows
-        ]
+    data = reports.workers(ctx.db, include_stale=True)
     return {"object": "list", "data": data}
 
 
@@ -51,7 +36,7 @@ def reset_stuck(ctx: Ctx, _who: AdminAuth) -> dict:
             s.execute(select(WorkerRow.id).where(WorkerRow.heartbeat_at >= cutoff)).scalars()
         )
     result = Queue(ctx.db, ctx.settings.lease_seconds).reset_stuck(fresh)
-    ctx.wake.set()
+    ctx.wake.notify()
     return {"object": "admin.reset", **result}
 
 

@@ -34,15 +34,15 @@ from batch_server.storage import FileStore
 WORKER_FRESH_SECONDS = 15.0
 
 
-def workers(db: Database, now: float | None = None) -> list[dict[str, Any]]:
-    """Workers with a fresh heartbeat and what each is doing."""
+def workers(
+    db: Database, now: float | None = None, include_stale: bool = False
+) -> list[dict[str, Any]]:
+    """Workers with a fresh heartbeat (or all known ones) and what each is doing."""
     now = now or time.time()
+    query = select(WorkerRow).order_by(WorkerRow.started_at)
+    if not include_stale:
+        query = query.where(WorkerRow.heartbeat_at >= now - WORKER_FRESH_SECONDS)
     with db.read() as s:
-        rows = s.execute(
-            select(WorkerRow)
-            .where(WorkerRow.heartbeat_at >= now - WORKER_FRESH_SECONDS)
-            .order_by(WorkerRow.started_at)
-        ).scalars()
         return [
             {
                 "id": w.id,
@@ -53,8 +53,9 @@ def workers(db: Database, now: float | None = None) -> list[dict[str, Any]]:
                 "current_batch_id": w.current_batch_id,
                 "started_at": int(w.started_at),
                 "heartbeat_age_seconds": round(now - w.heartbeat_at, 1),
+                "alive": now - w.heartbeat_at < WORKER_FRESH_SECONDS,
             }
-            for w in rows
+            for w in s.execute(query).scalars()
         ]
 
 
