@@ -68,6 +68,7 @@ bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_workers.py
 	$(PY) benchmarks/bench_vllm.py
 	$(PY) benchmarks/bench_eta.py
+	$(PY) benchmarks/bench_memory.py
 
 bench-load: install-test
 	$(PY) benchmarks/bench_load.py
