@@ -83,26 +83,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_processes(
+    data_dir: Path, commands: list[list[str]]
+) -> tuple[list[subprocess.Popen], str]:
+    """Start ``batch-server`` processes sharing one data directory and port; return them
+    and the API URL once it is ready (a worker's heartbeat seen)."""
     port = free_port()
     env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(data_dir), BATCH_SERVER_PORT=str(port))
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batch_server", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    procs = []
+    for n, args in enumerate(commands):
+        log = open(data_dir / f"proc{n}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "batch_server", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
             if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, url
+                return procs, url
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     raise RuntimeError("server did not become ready")
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    """A server with its in-process worker."""
+    procs, url = start_processes(data_dir, [["serve"]])
+    return procs[0], url
 
 
 def run_batch(client: openai.OpenAI, lines: list[dict], poll: float) -> tuple[float, dict]:

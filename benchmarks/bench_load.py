@@ -23,35 +23,13 @@ import time
 from pathlib import Path
 
 import httpx
-from bench_core import free_port, requests
+from bench_core import requests, start_processes
 
 
 def start(data_dir: Path, separate_worker: bool) -> tuple[list[subprocess.Popen], str]:
     """A server (with its in-process worker, or API-only plus a standalone worker)."""
-    port = free_port()
-    env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(data_dir), BATCH_SERVER_PORT=str(port))
     commands = [["serve", "--no-worker"], ["worker"]] if separate_worker else [["serve"]]
-    procs = []
-    for n, args in enumerate(commands):
-        log = open(data_dir / f"proc{n}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "batch_server", *args],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return procs, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server did not become ready")
+    return start_processes(data_dir, commands)
 
 
 def percentile(values: list[float], p: float) -> float:
