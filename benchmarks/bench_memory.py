@@ -1,11 +1,12 @@
 """Memory of the server and its engine process while one large batch runs.
 
 Submits an embeddings batch (default 20,000 lines, all-MiniLM-L6-v2 on vLLM) and samples
-the resident memory of the server's whole process tree (API, worker, engine child and
-vLLM's own processes) as the batch progresses. Flat memory means the figures at 25 %,
-50 %, 75 % and 100 % stay close to the one at 5 %.
+the resident memory of the server's whole process tree (API and worker, the engine host,
+vLLM's engine core and worker) every second as the batch progresses. The baseline is the
+figure at 5 %; flat memory means the later figures and the peak stay close to it. The
+engine restarts that kept it so (``engine_memory_growth_limit``) are listed.
 
-Run: ``.venv/bin/python benchmarks/bench_memory.py [--requests 20000]``
+Run: ``.venv/bin/python benchmarks/bench_memory.py [--requests 200000]``
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 from bench_core import start_server
@@ -26,19 +28,32 @@ from bench_core import start_server
 MODEL = "all-minilm-l6-v2"
 
 
-def tree_rss(pid: int) -> int:
+def role(p: psutil.Process, root: psutil.Process) -> str:
+    """Which part of the server a process is: the server itself, the engine host, vLLM."""
+    if p.pid == root.pid:
+        return "server"
+    cmd = " ".join(p.cmdline())
+    if "batch_server.engines.process" in cmd:
+        return "engine"
+    return p.name()[:15] or "other"
+
+
+def tree_rss(pid: int) -> dict[str, int]:
+    """Resident memory of the server's process tree, by role (bytes)."""
     root = psutil.Process(pid)
-    total = 0
+    by_role: dict[str, int] = {}
     for p in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            total += p.memory_info().rss
-    return total
+            name = role(p, root)
+            by_role[name] = by_role.get(name, 0) + p.memory_info().rss
+    return by_role
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20_000)
     args = parser.parse_args()
+    os.environ["BATCH_SERVER_MAX_REQUESTS_PER_BATCH"] = str(max(args.requests, 50_000))
     lines = [
         {
             "custom_id": f"e{i}",
@@ -62,16 +77,22 @@ def main() -> None:
             batch = client.batches.create(
                 input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h"
             )
-            marks = [0.05, 0.25, 0.5, 0.75, 1.0]
-            seen: list[tuple[float, int, int]] = []
+            marks = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0]
+            seen: list[tuple[float, int, dict[str, int]]] = []
+            peak = 0
             while batch.status not in ("completed", "failed", "expired", "cancelled"):
                 time.sleep(1)
                 batch = client.batches.retrieve(batch.id)
                 done = batch.request_counts.completed + batch.request_counts.failed
+                parts = tree_rss(proc.pid)
+                if seen:  # the peak after the 5 % mark (warm-up excluded)
+                    peak = max(peak, sum(parts.values()))
                 if marks and done >= marks[0] * args.requests:
-                    seen.append((marks.pop(0), done, tree_rss(proc.pid)))
+                    seen.append((marks.pop(0), done, parts))
             elapsed = time.perf_counter() - started
             assert batch.status == "completed", batch
+            logs = httpx.get(f"{url}/v1/batches/{batch.id}/logs", timeout=30).json()["data"]
+            restarts = [e["message"] for e in logs if e["kind"] == "engine"]
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(60)
@@ -79,12 +100,18 @@ def main() -> None:
         f"{args.requests} embeddings requests on {MODEL} (vLLM, CPU): {elapsed:.1f} s, "
         f"{args.requests / elapsed:.1f} req/s"
     )
-    base = seen[0][2]
-    for frac, done, rss in seen:
+    base = sum(seen[0][2].values())
+    for frac, done, parts in seen:
+        rss = sum(parts.values())
+        detail = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(parts.items()))
         print(
             f"  at {frac:4.0%} ({done:6d} done): process tree RSS {rss / 2**20:7.1f} MiB "
-            f"({rss / base:.2f}x the 5% figure)"
+            f"({rss / base:.2f}x the 5% figure; MiB by process: {detail})"
         )
+    print(f"  peak after 5%: {peak / 2**20:.1f} MiB ({peak / base:.2f}x the 5% figure)")
+    print(f"  engine restarts for memory: {len(restarts)}")
+    for message in restarts:
+        print(f"    {message}")
 
 
 if __name__ == "__main__":

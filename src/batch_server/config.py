@@ -45,6 +45,16 @@ class ModelSpec(BaseModel):
         description="Requests per work unit for this model (default: the global unit_size). "
         "vLLM batches requests inside a unit, so larger units keep it busy.",
     )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables of this model's engine process "
+        "(CUDA_VISIBLE_DEVICES, VLLM_CPU_KVCACHE_SPACE, OMP_NUM_THREADS, LD_PRELOAD, …)",
+    )
+    max_memory_mb: int | None = Field(
+        default=None,
+        description="Restart the engine between work units once its processes use more "
+        "resident memory than this (MiB)",
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:
@@ -150,6 +160,11 @@ class Settings(BaseSettings):
     )
     engine_start_timeout: float = Field(
         default=900.0, description="Seconds an engine process may take to load its model"
+    )
+    engine_memory_growth_limit: float = Field(
+        default=1.5,
+        description="Restart an engine between work units once its processes use this many "
+        "times the resident memory they used after their first unit (0: never)",
     )
     gpu_monitoring: bool = Field(
         default=True, description="Read NVIDIA GPUs through NVML (off when there is none)"

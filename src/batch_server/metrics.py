@@ -100,6 +100,10 @@ COUNTERS = {
     "tokens": ("Tokens processed, by model and kind (prompt, completion)", ("model", "kind")),
     "request_errors": ("Requests that ended in an error, by code", ("code",)),
     "webhook_deliveries": ("Webhook delivery attempts, by outcome", ("outcome",)),
+    "engine_restarts": (
+        "Engines restarted between units because their memory grew, by model",
+        ("model",),
+    ),
 }
 GAUGES = {
     "gpu_memory_used_bytes": "GPU memory in use",

