@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
@@ -206,3 +208,60 @@ def test_queue_reprioritise_and_cancel(page: Page, server: Cluster) -> None:
         expect(page.locator(f'tr[data-batch="{b.id}"]')).to_have_count(0, timeout=30000)
     expect(page.locator("#queue-rows")).to_contain_text("The queue is empty")
     shot(page, "queue-empty")
+
+
+def test_login_with_an_admin_key(browser: Browser, tmp_path: Path) -> None:
+    """Once keys exist a browser logs in with an admin key (kept in an HttpOnly cookie);
+    the pages' actions work with it, and the cookie is refused for cross-site requests."""
+    c = Cluster(tmp_path, {"unit_size": 4})
+    try:
+        root = c.cli("keys", "create", "root", "--admin").strip().splitlines()[-1]
+        bob = c.cli("keys", "create", "bob").strip().splitlines()[-1]
+        client = openai.OpenAI(base_url=f"{c.url}/v1", api_key=root, max_retries=0)
+        batch = submit(client, story_lines("yak", 12, 64))
+
+        context = browser.new_context(base_url=c.url, viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto("/ui/queue")
+        expect(pg).to_have_url(re.compile(r"/ui/login\?next=%2Fui%2Fqueue$"))
+        expect(pg.get_by_role("heading", name="Log in")).to_be_visible()
+        shot(pg, "login")
+
+        pg.get_by_label("Admin API key").fill(bob)
+        pg.get_by_role("button", name="Log in").click()
+        expect(pg.get_by_role("alert")).to_contain_text("needs an admin API key")
+        pg.get_by_label("Admin API key").fill("sk-wrong")
+        pg.get_by_role("button", name="Log in").click()
+        expect(pg.get_by_role("alert")).to_contain_text("not valid")
+
+        pg.get_by_label("Admin API key").fill(root)
+        pg.get_by_role("button", name="Log in").click()
+        expect(pg).to_have_url(re.compile(r"/ui/queue$"))
+        expect(pg.locator(f'tr[data-batch="{batch.id}"]')).to_be_visible()
+        cookie = next(k for k in context.cookies() if k["name"] == "batch_server_key")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+        # the cookie alone does not let another site change anything
+        jar = {"batch_server_key": cookie["value"]}
+        for headers in ({"Origin": "http://evil.example"}, {}):
+            r = httpx.post(f"{c.url}/v1/batches/{batch.id}/cancel", cookies=jar, headers=headers)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+        assert client.batches.retrieve(batch.id).status in ("validating", "in_progress")
+        assert httpx.get(f"{c.url}/v1/queue", cookies=jar).status_code == 200  # reads are fine
+
+        # the dashboard's own cancel button works with the cookie
+        pg.once("dialog", lambda d: d.accept())
+        pg.locator(f'[data-cancel="{batch.id}"]').click()
+        expect(pg.locator(f'tr[data-batch="{batch.id}"]')).to_have_count(0, timeout=30000)
+        assert wait_for(client, batch.id).status == "cancelled"
+
+        pg.get_by_role("button", name="Log out").click()
+        expect(pg).to_have_url(re.compile(r"/ui/login$"))
+        pg.goto("/ui")
+        expect(pg).to_have_url(re.compile(r"/ui/login\?next=%2Fui$"))
+        assert errors == [], errors
+        context.close()
+    finally:
+        c.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from batch_server.config import Settings
 from batch_server.gpu import GpuMonitor, GpuReading, hold_reason
-from conftest import Cluster
+from conftest import Cluster, chat_line, submit, wait_for
 
 GIB = 2**30
 
@@ -37,3 +39,23 @@ def test_health_reports_gpu_state(cluster: Cluster) -> None:
     assert set(gpu) >= {"available", "monitoring"}
     if not gpu["available"]:
         assert gpu["monitoring"] == "off" and gpu["reason"]
+
+
+def test_host_memory_threshold_holds_new_work(tmp_path) -> None:
+    """Above ``host_max_memory_percent`` the worker claims nothing: the batch waits (and
+    can still be cancelled) and /health says why."""
+    c = Cluster(tmp_path, {"host_max_memory_percent": 0.1, "poll_seconds": 0.2})
+    try:
+        batch = submit(c.client, [chat_line("a", "hi"), chat_line("b", "hello")])
+        batch = wait_for(c.client, batch.id, ("in_progress",), timeout=30)
+        time.sleep(2.0)
+        health = c.http.get("/health").json()
+        assert health["host"]["hold_reason"].startswith("host memory at ")
+        assert health["workers"][0]["state"] == "held", health["workers"]
+        waiting = c.client.batches.retrieve(batch.id)
+        assert waiting.status == "in_progress" and waiting.request_counts.completed == 0
+        c.client.batches.cancel(batch.id)
+        done = wait_for(c.client, batch.id, ("cancelled",), timeout=30)
+        assert done.request_counts.failed == 2  # batch_cancelled lines, none ran
+    finally:
+        c.close()

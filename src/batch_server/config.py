@@ -166,6 +166,9 @@ class Settings(BaseSettings):
         description="Restart an engine between work units once its processes use this many "
         "times the resident memory they used after their first unit (0: never)",
     )
+    host_max_memory_percent: float = Field(
+        default=95.0, description="Hold new work while the host's memory use is above this"
+    )
     gpu_monitoring: bool = Field(
         default=True, description="Read NVIDIA GPUs through NVML (off when there is none)"
     )

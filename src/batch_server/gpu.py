@@ -1,9 +1,10 @@
-"""NVIDIA GPU monitoring through NVML (``nvidia-ml-py``).
+"""NVIDIA GPU monitoring through NVML (``nvidia-ml-py``), and the host's memory.
 
-The worker asks :meth:`GpuMonitor.hold_reason` before it claims new work: while a GPU is
-above the memory or temperature threshold, new work waits instead of crashing the engine.
-Without NVML (no ``nvidia-ml-py``, no driver, no GPU) monitoring is off, never holds work,
-and ``/health`` says why.
+The worker asks :meth:`GpuMonitor.hold_reason` and :func:`host_hold_reason` before it
+claims new work: while a GPU is above the memory or temperature threshold, or the host's
+memory above its threshold, new work waits instead of crashing the engine. Without NVML
+(no ``nvidia-ml-py``, no driver, no GPU) GPU monitoring is off, never holds work, and
+``/health`` says why.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import psutil
 
 from batch_server.config import Settings
 
@@ -48,6 +51,21 @@ def hold_reason(
         if r.temperature_c > max_temperature_c:
             return f"GPU {r.index} at {r.temperature_c:.0f} °C (limit {max_temperature_c:g} °C)"
     return None
+
+
+def host_status(max_memory_percent: float) -> dict[str, Any]:
+    """The ``host`` part of ``/health``: memory in use and whether it holds new work."""
+    used = psutil.virtual_memory().percent
+    reason = (
+        f"host memory at {used:.1f}% (limit {max_memory_percent:g}%)"
+        if used > max_memory_percent
+        else None
+    )
+    return {"memory_percent": used, "max_memory_percent": max_memory_percent, "hold_reason": reason}
+
+
+def host_hold_reason(max_memory_percent: float) -> str | None:
+    return host_status(max_memory_percent)["hold_reason"]
 
 
 class GpuMonitor:

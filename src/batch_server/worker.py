@@ -26,7 +26,7 @@ from batch_server.engines import start_engine
 from batch_server.engines.base import EngineFailure, EngineRequest, EngineResult
 from batch_server.engines.process import EngineProcess
 from batch_server.estimates import SampleRecorder
-from batch_server.gpu import GpuMonitor
+from batch_server.gpu import GpuMonitor, host_hold_reason
 from batch_server.jobs.finalize import finalize
 from batch_server.jobs.queue import Claim, LeaseLost, Queue, Result
 from batch_server.jobs.validation import iter_lines, validate_batch
@@ -113,11 +113,13 @@ class Worker:
                     finalize(self.db, self.store, self.queue, batch_id, token)
             self._set_state("idle", None)
             return True
-        held = self.gpu.hold_reason()
-        if held != self._held:
-            self._held = held
+        held = self.gpu.hold_reason() or host_hold_reason(self.settings.host_max_memory_percent)
+        if bool(held) != bool(self._held):
             if held:
                 log.warning("holding new work: %s", held)
+            else:
+                log.info("no longer holding new work")
+        self._held = held
         if held:
             self._set_state("held", None)
             return False

@@ -4,6 +4,11 @@
 active keys in the database the server is open (every caller is an anonymous admin): the
 local developer experience. Once a key exists, every request needs one. ``create_app``
 refuses to start open on a non-loopback address unless ``allow_open`` is set.
+
+A key comes as a bearer token, or from the dashboard's login as an HttpOnly, SameSite
+cookie. A request that changes something with the cookie must also come from the
+server's own pages (its ``Origin`` or ``Referer`` names this host): cross-site requests
+are refused.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from sqlalchemy import Select
@@ -58,6 +64,8 @@ class Principal:
 
 
 OPEN = Principal(key_id=None, admin=True)
+SESSION_COOKIE = "batch_server_key"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _bearer(request: Request) -> str | None:
@@ -66,11 +74,29 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def same_origin(request: Request) -> bool:
+    """Whether the request comes from a page of this server (by ``Origin``, else
+    ``Referer``); the host may be the one a reverse proxy forwarded."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return False
+    ours = {request.headers.get("host"), request.headers.get("x-forwarded-host")} - {None}
+    return urlsplit(source).netloc in ours
+
+
 def principal(request: Request, ctx: Ctx) -> Principal:
     token = _bearer(request)
+    from_cookie = token is None and bool(request.cookies.get(SESSION_COOKIE))
+    if from_cookie:
+        token = request.cookies[SESSION_COOKIE]
     if token is not None:
         row = keys.lookup(ctx.db, token)
         if row is not None:
+            if from_cookie and request.method not in SAFE_METHODS and not same_origin(request):
+                raise Forbidden(
+                    "Cross-site request refused: a dashboard login works only from the "
+                    "dashboard's own pages (send the key as a bearer token instead)."
+                )
             return Principal(key_id=row.id, admin=row.admin, name=row.name)
     if not keys.any_active(ctx.db):
         return OPEN

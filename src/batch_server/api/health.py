@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from batch_server.api.deps import Ctx
 from batch_server.app_context import AppContext
+from batch_server.gpu import host_status
 from batch_server.jobs import reports
 
 router = APIRouter(tags=["health"])
@@ -20,6 +21,7 @@ def health(ctx: Ctx) -> dict:
         "version": version(),
         "workers": reports.workers(ctx.db),
         "gpu": gpu_status(ctx),
+        "host": host_status(ctx.settings.host_max_memory_percent),
     }
 
 

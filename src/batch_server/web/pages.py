@@ -16,8 +16,15 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from batch_server import estimates
-from batch_server.api.auth import OPEN, admin_principal
+from batch_server import estimates, keys
+from batch_server.api.auth import (
+    OPEN,
+    SESSION_COOKIE,
+    Forbidden,
+    Principal,
+    Unauthorized,
+    principal,
+)
 from batch_server.api.batches import create_from_form, dry_run, load
 from batch_server.api.deps import Ctx
 from batch_server.api.health import gpu_status, version
@@ -30,11 +37,43 @@ from batch_server.jobs import reports
 from batch_server.jobs.lifecycle import LIVE
 from batch_server.openai_types import SUPPORTED_ENDPOINTS
 
-# The pages see every batch, so they need an admin key once keys exist (the browser sends
-# none: the dashboard is for servers that run open on loopback or behind a trusted proxy
-# that adds the header).
-router = APIRouter(include_in_schema=False, dependencies=[Depends(admin_principal)])
+
+class LoginRequired(Exception):
+    """A browser without a (valid, admin) key asked for a page: it goes to the login."""
+
+    def __init__(self, next_url: str, message: str | None = None) -> None:
+        super().__init__(message)
+        self.next_url = next_url
+        self.message = message
+
+
+def page_admin(request: Request, ctx: Ctx) -> Principal:
+    """The pages see every batch, so they need an admin key once keys exist: a bearer
+    token (scripts, a proxy that adds it) or the login's cookie. A browser without one
+    is sent to the login page; a script gets OpenAI's 401/403."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    browser = "authorization" not in request.headers
+    try:
+        who = principal(request, ctx)
+    except Unauthorized:
+        if browser:
+            raise LoginRequired(target) from None
+        raise
+    if not who.admin:
+        if browser:
+            raise LoginRequired(target, "The dashboard needs an admin API key.")
+        raise Forbidden("This endpoint needs an admin API key.")
+    return who
+
+
+def login_redirect(_request: Request, exc: LoginRequired) -> RedirectResponse:
+    return RedirectResponse(f"/ui/login?{urlencode({'next': exc.next_url})}", status_code=303)
+
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(page_admin)])
+login_router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.globals["session_cookie"] = SESSION_COOKIE
 
 
 def _datetime(ts: float | None) -> str:
@@ -272,3 +311,51 @@ def models_page(request: Request, ctx: Ctx) -> HTMLResponse:
         rates=rates,
         loaded=loaded,
     )
+
+
+# -- login -------------------------------------------------------------------------------
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path of the dashboard itself (no open redirect to another site)."""
+    if value and value.startswith("/ui") and not value.startswith("//"):
+        return value
+    return "/ui"
+
+
+@login_router.get("/ui/login")
+def login_page(request: Request, ctx: Ctx, next: str | None = None) -> Response:  # noqa: A002
+    if not keys.any_active(ctx.db):  # an open server needs no login
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return render(request, "login.html", page="login", next=_safe_next(next), error=None)
+
+
+@login_router.post("/ui/login")
+async def login(request: Request, ctx: Ctx) -> Response:
+    """Check the key and keep it in an HttpOnly, SameSite=Strict cookie."""
+    form = await request.form()
+    key = str(form.get("key") or "").strip()
+    target = _safe_next(str(form.get("next") or ""))
+    row = keys.lookup(ctx.db, key) if key else None
+    error = None
+    if row is None:
+        error = "This API key is not valid (or was revoked)."
+    elif not row.admin:
+        error = "The dashboard shows every batch: it needs an admin API key."
+    if error:
+        response = render(request, "login.html", page="login", next=target, error=error)
+        response.status_code = 401 if row is None else 403
+        return response
+    response = RedirectResponse(target, status_code=303)
+    https = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+    response.set_cookie(
+        SESSION_COOKIE, key, httponly=True, samesite="strict", secure=https, path="/"
+    )
+    return response
+
+
+@login_router.post("/ui/logout")
+def logout() -> RedirectResponse:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
