@@ -166,6 +166,16 @@ class Settings(BaseSettings):
         description="Restart an engine between work units once its processes use this many "
         "times the resident memory they used after their first unit (0: never)",
     )
+    housekeeping_seconds: float = Field(
+        default=600.0, description="How often a worker compacts samples and prunes old rows"
+    )
+    sample_compact_after_seconds: float = Field(
+        default=7200.0,
+        description="Throughput samples older than this are merged into one row per batch",
+    )
+    webhook_retention_days: float = Field(
+        default=7.0, description="Delivered webhook events are deleted after this many days"
+    )
     host_max_memory_percent: float = Field(
         default=95.0, description="Hold new work while the host's memory use is above this"
     )

@@ -27,6 +27,7 @@ from batch_server.engines.base import EngineFailure, EngineRequest, EngineResult
 from batch_server.engines.process import EngineProcess
 from batch_server.estimates import SampleRecorder
 from batch_server.gpu import GpuMonitor, host_hold_reason
+from batch_server.jobs import housekeeping
 from batch_server.jobs.finalize import finalize
 from batch_server.jobs.queue import Claim, LeaseLost, Queue, Result
 from batch_server.jobs.validation import iter_lines, validate_batch
@@ -58,6 +59,7 @@ class Worker:
         self.current_batch: str | None = None
         self._stopping = threading.Event()
         self._last_expiry_check = 0.0
+        self._last_housekeeping = time.monotonic()  # the first pass after one interval
         self.gpu = GpuMonitor(settings)
         self._held: str | None = None
 
@@ -99,6 +101,9 @@ class Worker:
         if now - self._last_expiry_check > 1.0:
             self._last_expiry_check = now
             self.queue.mark_expired()
+        if now - self._last_housekeeping > self.settings.housekeeping_seconds:
+            self._last_housekeeping = now
+            housekeeping.run(self.db, self.settings)
         step = self.queue.claim_batch_step(self.id)
         if step is not None:
             batch_id, kind, token = step

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # A line of an engine's log that names an error: "RuntimeError: …", "torch.OutOfMemoryError: …"
 _ERROR_LINE = re.compile(r"\b[A-Za-z_.]*(Error|Exception): .+")
+# Errors that only point at another one ("See root cause above", "See stack trace for root
+# cause"): vLLM's engine core and worker processes wrap the real failure in these.
+_WRAPPER = re.compile(r"root cause", re.IGNORECASE)
 
 STOP_GRACE_SECONDS = 10.0  # a stopped run that has not ended by then is killed
 CLOSE_GRACE_SECONDS = 20.0
@@ -93,7 +96,9 @@ class EngineProcess:
                 [sys.executable, "-m", "batch_server.engines.process", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 start_new_session=True,
-                stderr=subprocess.PIPE,
+                # vLLM logs to stdout, tracebacks go to stderr: both explain failures
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 env=engine_environment(spec),
             )
         finally:
@@ -192,8 +197,8 @@ class EngineProcess:
                 )
 
     def _forward_log(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
             line = raw.decode(errors="replace")
             sys.stderr.write(line)
             self._log_tail.append(line.rstrip())
@@ -202,7 +207,9 @@ class EngineProcess:
         """The failure with the root cause the engine logged, when it logged one."""
         time.sleep(0.2)  # let the last lines of a dying child arrive
         causes = [
-            line for line in self._log_tail if _ERROR_LINE.search(line) and line not in message
+            line
+            for line in self._log_tail
+            if _ERROR_LINE.search(line) and line not in message and not _WRAPPER.search(line)
         ]
         if causes:
             cause = _ERROR_LINE.search(causes[-1])
