@@ -10,9 +10,13 @@
 2. Prefix-aware ordering: a workload of 8 long system prompts shared by 200 users,
    interleaved in the file, run through the vLLM engine with and without ordering (prefix
    cache reset before each run). Prints the time and the prompt tokens read from cache.
+3. With ``--unit-sizes 256,1024``: the server again on a file of ``--unit-requests``
+   (1024) requests with each work-unit size. At the end of a unit vLLM's running batch
+   drains before the next unit starts, so small units cost throughput.
 
-Run: ``.venv/bin/python benchmarks/bench_vllm.py [--requests 200] [--max-tokens 32]``
-(the SmolLM2 Hugging Face copy is prepared once into ``.cache/bench-data``).
+Run: ``.venv/bin/python benchmarks/bench_vllm.py [--requests 200] [--max-tokens 32]
+[--unit-sizes 256,1024]`` (the SmolLM2 Hugging Face copy is prepared once into
+``.cache/bench-data``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import httpx
 import openai
 from bench_core import TOPICS, free_port, requests, run_batch
 
-from batch_server.config import VLLM_MODEL_ID
+from batch_server.config import VLLM_MODEL_ID, default_models
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".cache" / "bench-data"
@@ -67,12 +71,14 @@ def shared_prefix_lines(n: int, prompts: int = 8) -> list[dict]:
 # -- the three ways -----------------------------------------------------------------------
 
 
-def through_server(lines: list[dict], tmp: Path) -> float:
+def through_server(lines: list[dict], tmp: Path, unit_size: int | None = None) -> float:
+    """Seconds from upload to completed; ``unit_size`` None: the registry's default."""
     port = free_port()
     args = ", ".join(f"{k} = {json.dumps(v)}" for k, v in ENGINE_ARGS.items())
+    unit = unit_size or default_models()[VLLM_MODEL_ID].unit_size
     registry = (
         f'default_model = "{VLLM_MODEL_ID}"\n[models.{VLLM_MODEL_ID}]\nengine = "vllm"\n'
-        f'path = "{MODEL_DIR}"\nunit_size = 256\nengine_args = {{ {args} }}\n'
+        f'path = "{MODEL_DIR}"\nunit_size = {unit}\nengine_args = {{ {args} }}\n'
     )
     (tmp / "server.toml").write_text(registry)
     env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(tmp / "data"), BATCH_SERVER_PORT=str(port))
@@ -203,6 +209,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--unit-sizes", default="", help="e.g. 256,1024 (part 3)")
+    parser.add_argument("--unit-requests", type=int, default=1024)
     parser.add_argument("--child", choices=["llm-chat", "prefix"])
     args = parser.parse_args()
     if args.child == "llm-chat":
@@ -226,6 +234,11 @@ def main() -> None:
         run_batch_s = through_run_batch(lines, Path(tmp))
         print(f"run-batch: {run_batch_s:.1f} s", file=sys.stderr, flush=True)
     prefix = in_child("prefix", shared_prefix_lines(args.requests))
+    by_unit: dict[int, float] = {}
+    unit_lines = chat_lines(args.unit_requests, args.max_tokens)
+    for unit in [int(u) for u in args.unit_sizes.split(",") if u]:
+        with tempfile.TemporaryDirectory() as tmp:
+            by_unit[unit] = through_server(unit_lines, Path(tmp), unit)
 
     print(
         f"requests: {n}, max_tokens: {args.max_tokens}, model: {VLLM_MODEL_ID} "
@@ -244,6 +257,14 @@ def main() -> None:
     print(f"  file order:    {off_s:6.1f} s, {off_cached}/{total} prompt tokens from cache")
     print(f"  prefix order:  {on_s:6.1f} s, {on_cached}/{total} prompt tokens from cache")
     print(f"  gain: {off_s / on_s:.2f}x throughput")
+    if by_unit:
+        base_unit = min(by_unit)
+        print(f"work-unit size, {args.unit_requests} requests through the server:")
+        for unit, secs in sorted(by_unit.items()):
+            print(
+                f"  unit_size {unit:5d}: {secs:6.1f} s  {args.unit_requests / secs:6.2f} req/s "
+                f"({by_unit[base_unit] / secs:.2f}x unit_size {base_unit})"
+            )
 
 
 def _vllm_version() -> str:

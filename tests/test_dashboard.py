@@ -241,7 +241,7 @@ def test_login_with_an_admin_key(browser: Browser, tmp_path: Path) -> None:
         expect(pg).to_have_url(re.compile(r"/ui/queue$"))
         expect(pg.locator(f'tr[data-batch="{batch.id}"]')).to_be_visible()
         cookie = next(k for k in context.cookies() if k["name"] == "batch_server_key")
-        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
 
         # the cookie alone does not let another site change anything
         jar = {"batch_server_key": cookie["value"]}

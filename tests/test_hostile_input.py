@@ -151,3 +151,24 @@ def test_metadata_that_is_not_an_object_in_a_form(cluster: Cluster) -> None:
     )
     assert r.status_code == 400
     assert set(r.json()["error"]) == ERROR_KEYS
+
+
+def test_cross_site_browser_requests_refused_on_an_open_server(cluster: Cluster) -> None:
+    """Without keys, a web page on another site cannot make a visitor's browser upload
+    files or cancel batches on this (local) server; this server's own pages and clients
+    that are not browsers (no Origin) can."""
+    files = {"file": ("a.jsonl", b'{"custom_id": "x"}\n', "application/jsonl")}
+    form = {"purpose": "batch"}
+    evil = cluster.http.post(
+        "/v1/files", files=files, data=form, headers={"Origin": "http://evil.example"}
+    )
+    assert evil.status_code == 403 and evil.json()["error"]["code"] == "permission_denied"
+    referer = cluster.http.post(
+        "/v1/batches/batch_x/cancel", headers={"Referer": "http://evil.example/page"}
+    )
+    assert referer.status_code == 403
+    ours = cluster.http.post("/v1/files", files=files, data=form, headers={"Origin": cluster.url})
+    assert ours.status_code == 200, ours.text
+    assert cluster.http.post("/v1/files", files=files, data=form).status_code == 200
+    read = cluster.http.get("/v1/files", headers={"Origin": "http://evil.example"})
+    assert read.status_code == 200  # reads are not refused (the browser keeps the answer)

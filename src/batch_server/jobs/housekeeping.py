@@ -4,10 +4,11 @@ Workers run :func:`run` every ``housekeeping_seconds``. Any number of workers ma
 once: each deletion returns the rows it really removed, and only those are summed.
 
 - Throughput samples (one per worker every few seconds) older than
-  ``sample_compact_after_seconds`` are merged into one row per batch and model. Every
-  figure computed from them stays the same: a batch's own rate sums its samples, and a
-  model's rate sums samples by their end time (the merged row keeps the latest end and
-  the summed engine seconds).
+  ``sample_compact_after_seconds`` are merged into one row per batch, model and hour of
+  their end time. A batch's own rate sums its samples, so it stays the same; a model's
+  rate over the last days sums samples by their end time, so the merged row (the latest
+  end of its hour, the summed engine seconds) moves its window's edge by at most an hour.
+  Keep the setting above an hour: the dashboard's chart reads the last hour's samples.
 - Delivered webhook events are deleted after ``webhook_retention_days``; the dead letter
   queue is kept until an operator retries or deletes its entries.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Integer, cast, delete, func, insert, select
 
 from batch_server.config import Settings
 from batch_server.db.session import Database
@@ -28,26 +29,29 @@ log = logging.getLogger(__name__)
 S = ThroughputSampleRow
 COMPACTED = "(compacted)"  # the worker name of a merged sample
 GROUPS_PER_PASS = 200
+end_hour = cast(S.ended_at / 3600, Integer)  # the same expression picks and deletes a group
 
 
 def compact_samples(db: Database, older_than: float, now: float | None = None) -> int:
-    """Merge each batch's samples older than ``older_than`` seconds into one row per model;
-    returns how many rows were removed."""
-    cutoff = (now or time.time()) - older_than
+    """Merge samples older than ``older_than`` seconds into one row per batch, model and
+    hour; returns how many rows were removed."""
+    cutoff = (time.time() if now is None else now) - older_than
     with db.read() as s:
         groups = s.execute(
-            select(S.batch_id, S.model)
+            select(S.batch_id, S.model, end_hour)
             .where(S.ended_at < cutoff)
-            .group_by(S.batch_id, S.model)
+            .group_by(S.batch_id, S.model, end_hour)
             .having(func.count() > 1)
             .limit(GROUPS_PER_PASS)
         ).all()
     removed = 0
-    for batch_id, model in groups:
+    for batch_id, model, hour in groups:
         with db.write() as s:
             rows = s.execute(
                 delete(S)
-                .where(S.batch_id == batch_id, S.model == model, S.ended_at < cutoff)
+                .where(
+                    S.batch_id == batch_id, S.model == model, S.ended_at < cutoff, end_hour == hour
+                )
                 .returning(S.started_at, S.ended_at, S.requests, S.input_tokens, S.output_tokens)
             ).all()
             if not rows:
@@ -72,7 +76,7 @@ def compact_samples(db: Database, older_than: float, now: float | None = None) -
 
 def prune_webhooks(db: Database, older_than: float, now: float | None = None) -> int:
     """Delete delivered webhook events older than ``older_than`` seconds."""
-    cutoff = (now or time.time()) - older_than
+    cutoff = (time.time() if now is None else now) - older_than
     with db.write() as s:
         result = s.execute(
             delete(WebhookDeliveryRow).where(

@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -23,6 +23,7 @@ from batch_server.api.auth import (
     Forbidden,
     Principal,
     Unauthorized,
+    check_not_cross_site,
     principal,
 )
 from batch_server.api.batches import create_from_form, dry_run, load
@@ -41,10 +42,9 @@ from batch_server.openai_types import SUPPORTED_ENDPOINTS
 class LoginRequired(Exception):
     """A browser without a (valid, admin) key asked for a page: it goes to the login."""
 
-    def __init__(self, next_url: str, message: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, next_url: str) -> None:
+        super().__init__(next_url)
         self.next_url = next_url
-        self.message = message
 
 
 def page_admin(request: Request, ctx: Ctx) -> Principal:
@@ -61,7 +61,7 @@ def page_admin(request: Request, ctx: Ctx) -> Principal:
         raise
     if not who.admin:
         if browser:
-            raise LoginRequired(target, "The dashboard needs an admin API key.")
+            raise LoginRequired(target)
         raise Forbidden("This endpoint needs an admin API key.")
     return who
 
@@ -330,12 +330,22 @@ def login_page(request: Request, ctx: Ctx, next: str | None = None) -> Response:
     return render(request, "login.html", page="login", next=_safe_next(next), error=None)
 
 
+LOGIN_FORM_LIMIT = 16 * 1024
+
+
 @login_router.post("/ui/login")
 async def login(request: Request, ctx: Ctx) -> Response:
-    """Check the key and keep it in an HttpOnly, SameSite=Strict cookie."""
-    form = await request.form()
-    key = str(form.get("key") or "").strip()
-    target = _safe_next(str(form.get("next") or ""))
+    """Check the key and keep it in an HttpOnly, SameSite=Lax cookie (a link from another
+    site still opens the dashboard; changes need this server's Origin, see auth)."""
+    check_not_cross_site(request, require_origin=False)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > LOGIN_FORM_LIMIT:
+            raise APIError("The login form is too large", code="file_too_large", status_code=413)
+    form = parse_qs(body.decode("utf-8", errors="replace"))
+    key = (form.get("key") or [""])[0].strip()
+    target = _safe_next((form.get("next") or [""])[0])
     row = keys.lookup(ctx.db, key) if key else None
     error = None
     if row is None:
@@ -348,14 +358,13 @@ async def login(request: Request, ctx: Ctx) -> Response:
         return response
     response = RedirectResponse(target, status_code=303)
     https = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
-    response.set_cookie(
-        SESSION_COOKIE, key, httponly=True, samesite="strict", secure=https, path="/"
-    )
+    response.set_cookie(SESSION_COOKIE, key, httponly=True, samesite="lax", secure=https, path="/")
     return response
 
 
 @login_router.post("/ui/logout")
-def logout() -> RedirectResponse:
+def logout(request: Request) -> RedirectResponse:
+    check_not_cross_site(request, require_origin=False)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
