@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     engine_memory_growth_limit: float = Field(
         default=1.5,
         description="Restart an engine between work units once its processes use this many "
-        "times the resident memory they used after their first unit (0: never)",
+        "times the resident memory they used once warm (after 256 requests; 0: never)",
     )
     housekeeping_seconds: float = Field(
         default=600.0, description="How often a worker compacts samples and prunes old rows"

@@ -38,6 +38,8 @@ from batch_server.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
+WARM_REQUESTS = 256  # finished requests after which an engine's memory is its baseline
+
 
 class Worker:
     def __init__(
@@ -54,7 +56,9 @@ class Worker:
         self.wake = wake or Wakeup(db)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.token()[:6]}"
         self.engine: EngineProcess | None = None
-        self._engine_baseline: int | None = None  # its memory after its first unit
+        # the loaded engine: units and requests it has finished, its memory once warm
+        self._engine_units = self._engine_served = 0
+        self._engine_baseline: int | None = None
         self.state = "idle"
         self.current_batch: str | None = None
         self._stopping = threading.Event()
@@ -184,6 +188,7 @@ class Worker:
                 stored = self._to_result(result, custom_ids)
                 self.queue.record(claim, [stored], self.id)
                 samples.add(stored.input_tokens, stored.output_tokens)
+                self._engine_served += 1
         except LeaseLost:
             stop.set()
             self._fenced(claim)
@@ -223,8 +228,11 @@ class Worker:
         engine = self.engine
         if engine is None:
             return
+        self._engine_units += 1
         rss = engine.memory_bytes()
-        if self._engine_baseline is None:
+        # The baseline is taken once the engine is warm: a first unit of a few requests
+        # has not yet touched the buffers that later, fuller batches use.
+        if self._engine_baseline is None and self._engine_served >= WARM_REQUESTS:
             self._engine_baseline = rss
         spec = self.settings.models.get(engine.model_id)
         cap = spec.max_memory_mb if spec else None
@@ -232,14 +240,14 @@ class Worker:
         mib = rss / 2**20
         if cap and mib > cap:
             reason = f"uses {mib:.0f} MiB, above its max_memory_mb ({cap})"
-            if self._engine_baseline > cap * 2**20:
+            if self._engine_units == 1:
                 reason += (
-                    "; it was above that right after its first unit, so max_memory_mb is too "
-                    "low for this model and every unit reloads it"
+                    "; it was above that after its first unit, so max_memory_mb is too low "
+                    "for this model and every unit reloads it"
                 )
-        elif growth and rss > growth * self._engine_baseline:
+        elif growth and self._engine_baseline and rss > growth * self._engine_baseline:
             reason = (
-                f"grew from {self._engine_baseline / 2**20:.0f} MiB after its first unit to "
+                f"grew from {self._engine_baseline / 2**20:.0f} MiB once warm to "
                 f"{mib:.0f} MiB (engine_memory_growth_limit {growth})"
             )
         else:
@@ -328,6 +336,7 @@ class Worker:
     def _close_engine(self) -> None:
         if self.engine is not None:
             engine, self.engine = self.engine, None
+            self._engine_units = self._engine_served = 0
             self._engine_baseline = None
             engine.close()
 
