@@ -56,9 +56,6 @@ class Worker:
         self.wake = wake or Wakeup(db)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.token()[:6]}"
         self.engine: EngineProcess | None = None
-        # the loaded engine: units and requests it has finished, its memory once warm
-        self._engine_units = self._engine_served = 0
-        self._engine_baseline: int | None = None
         self.state = "idle"
         self.current_batch: str | None = None
         self._stopping = threading.Event()
@@ -122,12 +119,7 @@ class Worker:
                     finalize(self.db, self.store, self.queue, batch_id, token)
             self._set_state("idle", None)
             return True
-        # The loaded engine's own memory is already taken: only the rest can hold new work
-        # (otherwise an engine that fills the host would hold its own work for ever).
-        own = self.engine.memory_bytes() if self.engine else 0
-        held = self.gpu.hold_reason() or host_hold_reason(
-            self.settings.host_max_memory_percent, discount_bytes=own
-        )
+        held = self.gpu.hold_reason() or self._host_hold_reason()
         if bool(held) != bool(self._held):
             if held:
                 log.warning("holding new work: %s", held)
@@ -148,6 +140,12 @@ class Worker:
         finally:
             self._set_state("idle", None)
         return True
+
+    def _host_hold_reason(self) -> str | None:
+        # The loaded engine's own memory is already taken: only the rest can hold new work
+        # (otherwise an engine that fills the host would hold its own work for ever).
+        own = self.engine.memory_bytes() if self.engine else 0
+        return host_hold_reason(self.settings.host_max_memory_percent, discount_bytes=own)
 
     # -- running a unit -----------------------------------------------------------------
 
@@ -188,7 +186,6 @@ class Worker:
                 stored = self._to_result(result, custom_ids)
                 self.queue.record(claim, [stored], self.id)
                 samples.add(stored.input_tokens, stored.output_tokens)
-                self._engine_served += 1
         except LeaseLost:
             stop.set()
             self._fenced(claim)
@@ -228,26 +225,26 @@ class Worker:
         engine = self.engine
         if engine is None:
             return
-        self._engine_units += 1
         rss = engine.memory_bytes()
         # The baseline is taken once the engine is warm: a first unit of a few requests
         # has not yet touched the buffers that later, fuller batches use.
-        if self._engine_baseline is None and self._engine_served >= WARM_REQUESTS:
-            self._engine_baseline = rss
+        if engine.warm_memory is None and engine.results >= WARM_REQUESTS:
+            engine.warm_memory = rss
+        baseline = engine.warm_memory
         spec = self.settings.models.get(engine.model_id)
         cap = spec.max_memory_mb if spec else None
         growth = self.settings.engine_memory_growth_limit
         mib = rss / 2**20
         if cap and mib > cap:
             reason = f"uses {mib:.0f} MiB, above its max_memory_mb ({cap})"
-            if self._engine_units == 1:
+            if engine.runs == 1:
                 reason += (
                     "; it was above that after its first unit, so max_memory_mb is too low "
                     "for this model and every unit reloads it"
                 )
-        elif growth and self._engine_baseline and rss > growth * self._engine_baseline:
+        elif growth and baseline and rss > growth * baseline:
             reason = (
-                f"grew from {self._engine_baseline / 2**20:.0f} MiB once warm to "
+                f"grew from {baseline / 2**20:.0f} MiB once warm to "
                 f"{mib:.0f} MiB (engine_memory_growth_limit {growth})"
             )
         else:
@@ -336,8 +333,6 @@ class Worker:
     def _close_engine(self) -> None:
         if self.engine is not None:
             engine, self.engine = self.engine, None
-            self._engine_units = self._engine_served = 0
-            self._engine_baseline = None
             engine.close()
 
     # -- presence in the workers table --------------------------------------------------

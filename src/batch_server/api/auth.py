@@ -104,10 +104,9 @@ def check_not_cross_site(request: Request, require_origin: bool) -> None:
 
 
 def principal(request: Request, ctx: Ctx) -> Principal:
-    token = _bearer(request)
-    from_cookie = token is None and bool(request.cookies.get(SESSION_COOKIE))
-    if from_cookie:
-        token = request.cookies[SESSION_COOKIE]
+    bearer = _bearer(request)
+    token = bearer or request.cookies.get(SESSION_COOKIE) or None
+    from_cookie = bearer is None and token is not None
     if token is not None:
         row = keys.lookup(ctx.db, token)
         if row is not None:
@@ -115,7 +114,7 @@ def principal(request: Request, ctx: Ctx) -> Principal:
                 check_not_cross_site(request, require_origin=True)
             return Principal(key_id=row.id, admin=row.admin, name=row.name)
     if not keys.any_active(ctx.db):
-        if _bearer(request) is None:
+        if bearer is None:
             check_not_cross_site(request, require_origin=False)
         return OPEN
     if token is None:

@@ -111,6 +111,8 @@ class EngineProcess:
         threading.Thread(target=self._forward_log, name="engine-log", daemon=True).start()
         self.pid = self.proc.pid
         self.conn = Connection(ours.detach())
+        self.runs = self.results = 0  # runs started, results handed back
+        self.warm_memory: int | None = None  # what the worker measured once it was warm
         try:
             self.conn.send(("load", model_id, spec.model_dump(), str(data_dir)))
             kind, *rest = self._receive(start_timeout)
@@ -127,6 +129,7 @@ class EngineProcess:
         self, requests: Iterable[EngineRequest], should_stop: StopCheck
     ) -> Iterator[EngineResult]:
         self._log_tail.clear()  # a failure during this run is explained by this run's log
+        self.runs += 1
         self.conn.send(("run", list(requests)))
         stop_deadline: float | None = None
         finished = False
@@ -142,6 +145,7 @@ class EngineProcess:
                 if message is None:
                     continue
                 if message[0] == "result":
+                    self.results += 1
                     yield message[1]
                 elif message[0] == "done":
                     finished = True

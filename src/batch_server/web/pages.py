@@ -20,9 +20,9 @@ from batch_server import estimates, keys
 from batch_server.api.auth import (
     OPEN,
     SESSION_COOKIE,
-    Forbidden,
     Principal,
     Unauthorized,
+    admin_principal,
     check_not_cross_site,
     principal,
 )
@@ -59,11 +59,9 @@ def page_admin(request: Request, ctx: Ctx) -> Principal:
         if browser:
             raise LoginRequired(target) from None
         raise
-    if not who.admin:
-        if browser:
-            raise LoginRequired(target)
-        raise Forbidden("This endpoint needs an admin API key.")
-    return who
+    if browser and not who.admin:
+        raise LoginRequired(target)
+    return admin_principal(who)
 
 
 def login_redirect(_request: Request, exc: LoginRequired) -> RedirectResponse:
