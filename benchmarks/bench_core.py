@@ -84,10 +84,11 @@ def free_port() -> int:
 
 
 def start_processes(
-    data_dir: Path, commands: list[list[str]]
+    data_dir: Path, commands: list[list[str]], attempts: int = 600
 ) -> tuple[list[subprocess.Popen], str]:
     """Start ``batch-server`` processes sharing one data directory and port; return them
-    and the API URL once it is ready (a worker's heartbeat seen)."""
+    and the API URL once it is ready (a worker's heartbeat seen; ``/ready`` is asked up to
+    ``attempts`` times, 0.1 s apart)."""
     port = free_port()
     env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(data_dir), BATCH_SERVER_PORT=str(port))
     procs = []
@@ -103,7 +104,7 @@ def start_processes(
             )
         )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(attempts):
         try:
             if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                 return procs, url

@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
-from bench_core import TOPICS, free_port, requests, run_batch
+from bench_core import TOPICS, requests, run_batch, start_processes
 
 from batch_server.config import VLLM_MODEL_ID, default_models
 
@@ -73,7 +72,6 @@ def shared_prefix_lines(n: int, prompts: int = 8) -> list[dict]:
 
 def through_server(lines: list[dict], tmp: Path, unit_size: int | None = None) -> float:
     """Seconds from upload to completed; ``unit_size`` None: the registry's default."""
-    port = free_port()
     args = ", ".join(f"{k} = {json.dumps(v)}" for k, v in ENGINE_ARGS.items())
     unit = unit_size or default_models()[VLLM_MODEL_ID].unit_size
     registry = (
@@ -81,26 +79,10 @@ def through_server(lines: list[dict], tmp: Path, unit_size: int | None = None) -
         f'path = "{MODEL_DIR}"\nunit_size = {unit}\nengine_args = {{ {args} }}\n'
     )
     (tmp / "server.toml").write_text(registry)
-    env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(tmp / "data"), BATCH_SERVER_PORT=str(port))
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batch_server", "serve", "--config", str(tmp / "server.toml")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    # up to 300 s for /ready: the server loads vLLM with the default model first
+    procs, url = start_processes(tmp, [["serve", "--config", str(tmp / "server.toml")]], 3000)
+    proc = procs[0]
     try:
-        for _ in range(3000):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"server did not become ready, see {tmp / 'server.log'}")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="bench")
         # the default model is preloaded before /ready; one small batch makes sure
         run_batch(client, lines[:1], poll=0.1)
