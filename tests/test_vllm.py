@@ -209,8 +209,12 @@ def test_chat_and_completions_with_sampling_fields(vc: Cluster) -> None:
 
 
 def test_cancel_stops_generation_within_a_second(vc: Cluster) -> None:
+    # Ten short requests finish first (vLLM runs all 40 at once, and essays this long
+    # all stop at max_tokens on the same step); the 30 long ones are mid-generation.
     lines = [
-        chat_line(f"r{i}", f"Write a long essay about {i}.", model=VLLM, max_tokens=400)
+        chat_line(
+            f"r{i}", f"Write a long essay about {i}.", model=VLLM, max_tokens=8 if i < 10 else 400
+        )
         for i in range(40)
     ]
     batch = submit_running(vc, lines, finished=8)
@@ -224,7 +228,11 @@ def test_cancel_stops_generation_within_a_second(vc: Cluster) -> None:
 
 
 def test_engine_killed_mid_batch_completes_exactly_once(vc: Cluster) -> None:
-    lines = [chat_line(f"k{i}", f"Count to {i + 5}.", model=VLLM, max_tokens=48) for i in range(32)]
+    # Staggered lengths, so requests finish one after another rather than on one step.
+    lines = [
+        chat_line(f"k{i}", f"Count to {i + 5}.", model=VLLM, max_tokens=4 + 3 * i)
+        for i in range(32)
+    ]
     batch = submit_running(vc, lines, finished=10)
     victims = engine_processes(vc)
     assert victims, "no engine process found"
