@@ -288,15 +288,32 @@ def wait_for(
     timeout: float = 120,
     predicate: Any = None,
 ) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    """Poll until the batch is in one of ``statuses`` (and ``predicate`` holds).
+
+    On failure the message lists each change of status and counts seen, with the slowest
+    poll, so a missed state can be told apart from an unresponsive server.
+    """
+    started = time.time()
+    seen: list[str] = []
+    slowest = 0.0
+    while time.time() < started + timeout:
+        asked = time.time()
         batch = client.batches.retrieve(batch_id)
+        slowest = max(slowest, time.time() - asked)
+        state = f"{batch.status} {batch.request_counts.completed}/{batch.request_counts.total}"
+        if not seen or not seen[-1].endswith(state):
+            seen.append(f"{asked - started:.1f}s {state}")
         if batch.status in statuses and (predicate is None or predicate(batch)):
             return batch
-        if predicate is None and batch.status in TERMINAL:
-            return batch
+        if batch.status in TERMINAL:  # nothing will change any more
+            if predicate is None:
+                return batch
+            break
         time.sleep(0.2)
-    raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s: {batch}")
+    raise AssertionError(
+        f"batch {batch_id} {batch.status} after {time.time() - started:.0f}s, not what was "
+        f"awaited; seen: {', '.join(seen)}; slowest poll {slowest:.2f}s: {batch}"
+    )
 
 
 def wait_for_progress(client: openai.OpenAI, batch_id: str, completed: int) -> Any:
