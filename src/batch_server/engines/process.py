@@ -8,8 +8,11 @@ sees it as an :class:`EngineFailure` and stays up; if the worker dies, the child
 the closed socket and ends its group.
 
 Messages (pickled over a socketpair), worker → child: ``("load", model_id, spec, data_dir)``,
-``("run", [EngineRequest, ...])``, ``("stop",)``, ``("close",)``; child → worker:
-``("ready", pid)``, ``("result", EngineResult)``, ``("done",)``, ``("failed", message)``.
+``("run", [EngineRequest, ...], more_may_come)``, ``("add", [EngineRequest, ...])``,
+``("end",)``, ``("stop",)``, ``("close",)``; child → worker: ``("ready", pid)``,
+``("more",)`` (the engine could take more requests now), ``("result", EngineResult)``,
+``("done",)``, ``("failed", message)``. A run the worker may add to ends once the worker
+has said ``end`` and every request is done.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,13 @@ from typing import Any
 import psutil
 
 from batch_server.config import ModelSpec
-from batch_server.engines.base import EngineFailure, EngineRequest, EngineResult, StopCheck
+from batch_server.engines.base import (
+    EngineFailure,
+    EngineRequest,
+    EngineResult,
+    RequestFeed,
+    StopCheck,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +135,17 @@ class EngineProcess:
     # -- the Engine interface -------------------------------------------------------------
 
     def run(
-        self, requests: Iterable[EngineRequest], should_stop: StopCheck
+        self,
+        requests: Iterable[EngineRequest],
+        should_stop: StopCheck,
+        more: Callable[[], list[EngineRequest]] | None = None,
     ) -> Iterator[EngineResult]:
+        """Run ``requests``; whenever the engine could take more, ``more()`` is asked for
+        further requests, and the run ends once it returns none and all are done."""
         self._log_tail.clear()  # a failure during this run is explained by this run's log
         self.runs += 1
-        self.conn.send(("run", list(requests)))
+        self.conn.send(("run", list(requests), more is not None))
+        ended = more is None
         stop_deadline: float | None = None
         finished = False
         try:
@@ -144,7 +159,14 @@ class EngineProcess:
                 message = self._receive(0.1, idle_ok=True)
                 if message is None:
                     continue
-                if message[0] == "result":
+                if message[0] == "more":
+                    if ended or stop_deadline is not None:
+                        continue
+                    assert more is not None
+                    extra = more()
+                    ended = not extra
+                    self.conn.send(("add", extra) if extra else ("end",))
+                elif message[0] == "result":
                     self.results += 1
                     yield message[1]
                 elif message[0] == "done":
@@ -289,6 +311,7 @@ def _child(fd: int) -> int:
 
     inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
     stop = threading.Event()
+    feed = RequestFeed()  # the current run's
 
     def read() -> None:
         while True:
@@ -299,6 +322,11 @@ def _child(fd: int) -> int:
                 return
             if message[0] == "stop":
                 stop.set()
+                feed.stop()
+            elif message[0] == "add":
+                feed.add(message[1])
+            elif message[0] == "end":
+                feed.end()
             else:
                 inbox.put(message)
 
@@ -308,9 +336,11 @@ def _child(fd: int) -> int:
         if message[0] == "close":
             engine.close()
             return 0
+        _, requests, more_may_come = message
         stop.clear()
+        feed = RequestFeed(requests, ended=not more_may_come, on_ask=lambda: conn.send(("more",)))
         try:
-            for result in engine.run(message[1], stop.is_set):
+            for result in engine.run(feed, stop.is_set):
                 conn.send(("result", result))
         except Exception as exc:
             log.exception("engine for %s failed", model_id)

@@ -15,6 +15,7 @@ This module is imported only inside the engine's child process (see :mod:`.proce
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from batch_server.engines.base import (
     EngineFailure,
     EngineRequest,
     EngineResult,
+    RequestFeed,
     RequestRejected,
     StopCheck,
 )
@@ -124,29 +126,37 @@ class VllmEngine:
     def run(
         self, requests: Iterable[EngineRequest], should_stop: StopCheck
     ) -> Iterator[EngineResult]:
-        queue: list[_Pending] = []
-        for req in requests:
-            try:
-                queue.append(self._prepare(req))
-            except RequestRejected as exc:
-                yield exc.result(req.index)
-        if self.prefix_ordering:
-            queue.sort(key=lambda p: p.key)
-        queue.reverse()  # pop() from the end takes the next in order
+        feed = requests if isinstance(requests, RequestFeed) else RequestFeed(requests)
+        queue: deque[_Pending] = deque()  # prepared, waiting to enter the engine
         active: dict[int, _Pending] = {}
         try:
-            while queue or active:
+            while True:
+                # Requests that arrive together (one work unit) are ordered among themselves.
+                arrived: list[_Pending] = []
+                for req in feed.take():
+                    try:
+                        arrived.append(self._prepare(req))
+                    except RequestRejected as exc:
+                        yield exc.result(req.index)
+                if self.prefix_ordering:
+                    arrived.sort(key=lambda p: p.key)
+                queue.extend(arrived)
                 if should_stop():
                     return
                 while queue and len(active) < self.max_in_flight:
-                    pending = queue.pop()
+                    pending = queue.popleft()
                     try:
                         self._add(pending)
                     except RequestRejected as exc:
                         yield exc.result(pending.req.index)
                         continue
                     active[pending.req.index] = pending
+                if not queue:
+                    feed.ask()  # everything is inside vLLM: the next unit can come
                 if not active:
+                    if feed.ended:
+                        return
+                    feed.wait(0.05)
                     continue
                 for output in self.engine.step():
                     if not output.finished:

@@ -240,8 +240,9 @@ class Queue:
                     metrics.increment(s, "tokens", {"model": claim.model, "kind": kind}, n)
             webhooks.maybe_progress(s, claim.batch_id, self.progress_seconds)
 
-    def complete_unit(self, claim: Claim) -> None:
-        """Mark the unit done; the last unit of a batch moves it to ``finalizing``."""
+    def complete_unit(self, claim: Claim) -> bool:
+        """Mark the unit done; the last unit of a batch moves it to ``finalizing`` (and
+        ``True`` is returned)."""
         with self.db.write() as s:
             self._fence(s, claim)
             s.execute(
@@ -252,13 +253,17 @@ class Queue:
             unfinished = exists().where(
                 WorkUnitRow.batch_id == claim.batch_id, WorkUnitRow.status != "done"
             )
-            if not s.execute(select(unfinished)).scalar():
-                lifecycle.transition(s, claim.batch_id, "finalizing")
+            if s.execute(select(unfinished)).scalar():
+                return False
+            return lifecycle.transition(s, claim.batch_id, "finalizing")
 
-    def release_unit(self, claim: Claim, *, engine_error: str | None, max_attempts: int) -> bool:
+    def release_unit(
+        self, claim: Claim, *, engine_error: str | None, max_attempts: int, log: bool = True
+    ) -> bool:
         """Give a unit back (``False`` if it was no longer ours). After an engine failure it
         waits (exponential backoff) and after ``max_attempts`` failures the whole batch fails
-        with the engine's message."""
+        with the engine's message (logged on the batch unless ``log`` is false: one failure
+        of an engine running several units of a batch is logged once)."""
         with self.db.write() as s:
             values: dict[str, Any] = {
                 "status": "pending",
@@ -281,12 +286,13 @@ class Queue:
             ).rowcount
             if not released or engine_error is None:
                 return bool(released)
-            lifecycle.log_event(
-                s,
-                claim.batch_id,
-                "engine_error",
-                f"attempt {values['engine_failures']}: {engine_error[:1000]}",
-            )
+            if log:
+                lifecycle.log_event(
+                    s,
+                    claim.batch_id,
+                    "engine_error",
+                    f"attempt {values['engine_failures']}: {engine_error[:1000]}",
+                )
             if values["engine_failures"] >= max_attempts:
                 self.decide_outcome(
                     s,
