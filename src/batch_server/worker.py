@@ -60,6 +60,7 @@ class _Run:
     slots: dict[int, tuple[_Unit, int]] = field(default_factory=dict)  # run number → unit, index
     samples: dict[str, SampleRecorder] = field(default_factory=dict)  # by batch id
     next_claim: Claim | None = None  # a unit of another model, to run after this run
+    restart: str | None = None  # why the engine must restart once this run has drained
     _numbers: itertools.count = field(default_factory=itertools.count)
 
     def add(self, claim: Claim, requests: list[EngineRequest]) -> list[EngineRequest]:
@@ -123,8 +124,7 @@ class Worker:
                     self.wake.wait(self.settings.poll_seconds)
         finally:
             if self._next_claim:  # claimed but never started: back to the queue
-                with contextlib.suppress(LeaseLost):
-                    self.queue.release_unit(self._next_claim, engine_error=None, max_attempts=0)
+                self._give_back(self._next_claim)
             self.wake.close()
             self._close_engine()
             self._unregister()
@@ -143,6 +143,9 @@ class Worker:
         # A unit of another model claimed at the end of the last run goes first: it is
         # ours already, and nothing renews its lease until it runs.
         claim, self._next_claim = self._next_claim, None
+        if claim is not None and not self.queue.heartbeat(claim):
+            self._give_back(claim)  # cancelled (or lost) while the last run drained
+            claim = None
         if claim is None:
             if self._batch_work():
                 return True
@@ -261,7 +264,7 @@ class Worker:
                         )
                         if unit.left == 0:
                             run.units.pop(unit.claim.unit_id)
-                            if self.queue.complete_unit(unit.claim):
+                            if self.queue.complete_unit(unit.claim) and not stop.is_set():
                                 self._batch_steps_during_run()  # finalize it now
                     except LeaseLost:
                         run.units.pop(unit.claim.unit_id, None)
@@ -282,7 +285,7 @@ class Worker:
             self._release(run, _engine_error(failure))
         else:
             self._release(run, None)  # units left after a stop: their unfinished requests
-            self._restart_engine_if_grown(self.current_batch or claim.batch_id)
+            self._restart_engine_if_grown(self.current_batch or claim.batch_id, run.restart)
 
     def _add_unit(self, run: _Run, claim: Claim) -> list[EngineRequest]:
         """The unit's unfinished requests, numbered for this run (a unit with none left is
@@ -312,23 +315,43 @@ class Worker:
     def _more(self, run: _Run, engine: EngineProcess, stop: threading.Event) -> list[EngineRequest]:
         """The next unit of the engine's model, for an engine that could take more now; none
         when the worker is stopping or held, the engine needs a restart, or the next unit
-        in line is of another model (the run drains, and that unit runs next)."""
-        while not (stop.is_set() or self._stopping.is_set() or run.next_claim):
-            self._batch_steps_during_run()
-            if self._check_hold() or self._restart_reason(engine):
-                return []
-            claim = self.queue.claim_unit(self.id, prefer_model=engine.model_id)
-            if claim is None:
-                return []
-            if claim.model != engine.model_id:
-                run.next_claim = claim  # kept alive by the run's heartbeat meanwhile
-                return []
-            self._set_state("running", claim.batch_id)
-            with bind(batch_id=claim.batch_id):
-                requests = self._add_unit(run, claim)
-            if requests:
-                return requests
+        in line is of another model (the run drains, and that unit runs next).
+
+        A failure here (the database, an input file) only ends the run's feeding: it is not
+        the engine's, and a unit claimed but not yet added goes back to the queue.
+        """
+        claim: Claim | None = None
+        try:
+            while not (stop.is_set() or self._stopping.is_set() or run.next_claim):
+                self._batch_steps_during_run()
+                if self._check_hold():
+                    return []
+                run.restart = self._restart_reason(engine)
+                if run.restart:
+                    return []
+                claim = self.queue.claim_unit(self.id, prefer_model=engine.model_id)
+                if claim is None:
+                    return []
+                if claim.model != engine.model_id:
+                    run.next_claim = claim  # kept alive by the run's heartbeat meanwhile
+                    return []
+                self._set_state("running", claim.batch_id)
+                with bind(batch_id=claim.batch_id):
+                    requests = self._add_unit(run, claim)
+                if requests:
+                    return requests
+        except Exception:
+            log.exception("could not add the next unit to the running engine")
+            if claim is not None and claim.unit_id not in run.units:
+                self._give_back(claim)
         return []
+
+    def _give_back(self, claim: Claim) -> None:
+        """Release a unit this worker claimed but never started (no attempt counted)."""
+        try:
+            self.queue.release_unit(claim, engine_error=None, max_attempts=0)
+        except Exception:
+            log.exception("could not release unit %s of %s", claim.index, claim.batch_id)
 
     def _release(self, run: _Run, engine_error: str | None) -> None:
         """Give the run's unfinished units back to the queue: after an engine failure with
@@ -382,11 +405,12 @@ class Worker:
             )
         return None
 
-    def _restart_engine_if_grown(self, batch_id: str) -> None:
+    def _restart_engine_if_grown(self, batch_id: str, reason: str | None = None) -> None:
         """Restart the engine after a run (no request in flight) if its memory has grown
-        past the limits (:meth:`_restart_reason`)."""
+        past the limits (:meth:`_restart_reason`), or ``reason`` (found during the run)."""
         engine = self.engine
-        reason = self._restart_reason(engine) if engine else None
+        if engine is not None and reason is None:
+            reason = self._restart_reason(engine)
         if engine is None or reason is None:
             return
         log.warning("restarting the engine for %s: it %s", engine.model_id, reason)
@@ -409,11 +433,18 @@ class Worker:
         lost, batch cancelled or expiring): the others are given back and run again."""
         interval = min(1.0, self.settings.lease_seconds / 3)
         while not stop.wait(interval):
-            waiting = run.next_claim
-            if waiting and not self.queue.heartbeat(waiting):
-                run.next_claim = None  # cancelled while it waited: never started here
-            if not all(self.queue.heartbeat(u.claim) for u in run.units.copy().values()):
-                stop.set()
+            try:
+                waiting = run.next_claim
+                if waiting and not self.queue.heartbeat(waiting):
+                    run.next_claim = None  # cancelled while it waited: never started here
+                    self._give_back(waiting)
+                for unit_id, unit in list(run.units.items()):
+                    # a unit completed meanwhile is no longer leased: not a reason to stop
+                    if not self.queue.heartbeat(unit.claim) and unit_id in run.units:
+                        stop.set()
+                        break
+            except Exception:
+                log.exception("renewing the run's leases failed")  # tried again next beat
 
     def _read_requests(self, claim: Claim) -> Iterator[EngineRequest]:
         with self.store.open(claim.input_file_id) as fh:

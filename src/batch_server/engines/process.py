@@ -146,24 +146,29 @@ class EngineProcess:
         self.runs += 1
         self.conn.send(("run", list(requests), more is not None))
         ended = more is None
-        stop_deadline: float | None = None
+        # Once stopped, the engine has STOP_GRACE_SECONDS of our waiting to end the run;
+        # time the caller spends elsewhere (storing a result, finalizing) does not count.
+        grace: float | None = None
         finished = False
         try:
             while True:
-                if stop_deadline is None and should_stop():
+                if grace is None and should_stop():
                     self.conn.send(("stop",))
-                    stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
-                if stop_deadline is not None and time.monotonic() > stop_deadline:
+                    grace = STOP_GRACE_SECONDS
+                if grace is not None and grace <= 0:
                     self._kill()
                     raise EngineFailure(f"engine for {self.model_id} did not stop in time")
+                waited = time.monotonic()
                 message = self._receive(0.1, idle_ok=True)
+                if grace is not None:
+                    grace -= time.monotonic() - waited
                 if message is None:
                     continue
                 if message[0] == "more":
-                    if ended or stop_deadline is not None:
+                    if ended:
                         continue
                     assert more is not None
-                    extra = more()
+                    extra = more() if grace is None else []
                     ended = not extra
                     self.conn.send(("add", extra) if extra else ("end",))
                 elif message[0] == "result":
@@ -310,17 +315,25 @@ def _child(fd: int) -> int:
     conn.send(("ready", os.getpid()))
 
     inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-    stop = threading.Event()
-    feed = RequestFeed()  # the current run's
 
     def read() -> None:
+        # Each run's feed and stop flag are made here, in message order: a stop (or an
+        # add) that follows a run at once always reaches that run.
+        feed, stop = RequestFeed(), threading.Event()
         while True:
             try:
                 message = conn.recv()
             except (EOFError, OSError):
                 _end_group()  # the worker is gone
                 return
-            if message[0] == "stop":
+            if message[0] == "run":
+                _, requests, more_may_come = message
+                feed = RequestFeed(
+                    requests, ended=not more_may_come, on_ask=lambda: conn.send(("more",))
+                )
+                stop = threading.Event()
+                inbox.put(("run", feed, stop))
+            elif message[0] == "stop":
                 stop.set()
                 feed.stop()
             elif message[0] == "add":
@@ -336,9 +349,7 @@ def _child(fd: int) -> int:
         if message[0] == "close":
             engine.close()
             return 0
-        _, requests, more_may_come = message
-        stop.clear()
-        feed = RequestFeed(requests, ended=not more_may_come, on_ask=lambda: conn.send(("more",)))
+        _, feed, stop = message
         try:
             for result in engine.run(feed, stop.is_set):
                 conn.send(("result", result))
