@@ -209,7 +209,7 @@ def test_chat_and_completions_with_sampling_fields(vc: Cluster) -> None:
     assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
 
 
-def test_cancel_stops_generation_within_a_second(vc: Cluster) -> None:
+def test_cancel_stops_generation_at_the_next_step(vc: Cluster) -> None:
     # Ten short requests finish first (vLLM runs all 40 at once, and essays this long
     # all stop at max_tokens on the same step); the 30 long ones are mid-generation.
     lines = [
@@ -219,11 +219,16 @@ def test_cancel_stops_generation_within_a_second(vc: Cluster) -> None:
         for i in range(40)
     ]
     batch = submit_running(vc, lines, finished=8)
+    engine = {p.pid for p in engine_processes(vc)}
     started = time.time()
     vc.client.batches.cancel(batch.id)
-    done = wait_for(vc.client, batch.id, ("cancelled",), timeout=30)
+    done = wait_for(vc.client, batch.id, ("cancelled",), timeout=60)
     assert done.status == "cancelled"
-    assert time.time() - started < 3.0
+    # A step is under a second on CPU once warm, but the first at a new batch shape took
+    # 7-8 s here; 30 essays of 400 tokens would take minutes.
+    assert time.time() - started < 20.0
+    # stopped, not killed: the same engine is still loaded
+    assert {p.pid for p in engine_processes(vc)} == engine
     assert done.request_counts.completed + done.request_counts.failed == 40
     assert 8 <= done.request_counts.completed < 40
     # the engine never drained between units: each further unit joined the running ones
@@ -231,6 +236,7 @@ def test_cancel_stops_generation_within_a_second(vc: Cluster) -> None:
     units = [e["message"] for e in logs if e["kind"] == "unit" and " to run" in e["message"]]
     assert units and "still running" not in units[0], units
     assert sum(bool(re.search(r"joins \d+ still running", m)) for m in units[1:]) >= 3, units
+    assert not [e for e in logs if e["kind"] == "engine_error"], logs
 
 
 def test_engine_killed_mid_batch_completes_exactly_once(vc: Cluster) -> None:

@@ -54,7 +54,10 @@ _ERROR_LINE = re.compile(r"\b[A-Za-z_.]*(Error|Exception): .+")
 # cause"): vLLM's engine core and worker processes wrap the real failure in these.
 _WRAPPER = re.compile(r"root cause", re.IGNORECASE)
 
-STOP_GRACE_SECONDS = 10.0  # a stopped run that has not ended by then is killed
+# A stopped run that has not ended by then is killed. A stop takes effect between engine
+# steps; vLLM's first steps at a new batch shape took 7-8 s on this CPU, and a kill costs a
+# full reload, so the grace is generous.
+STOP_GRACE_SECONDS = 60.0
 CLOSE_GRACE_SECONDS = 20.0
 
 
