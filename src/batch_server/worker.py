@@ -236,16 +236,17 @@ class Worker:
         requests = self._add_unit(run, claim)
         if not requests:
             return
-        # The leases are renewed while the engine loads too (vLLM takes tens of seconds).
-        stop = threading.Event()
+        # The leases are renewed while the engine loads too (vLLM takes tens of seconds),
+        # and after a stop until the run has ended (the engine may take a while to stop).
+        stop, ended = threading.Event(), threading.Event()
         beat = threading.Thread(
-            target=self._run_heartbeat, args=(run, stop), name="unit-heartbeat", daemon=True
+            target=self._run_heartbeat, args=(run, stop, ended), name="unit-heartbeat", daemon=True
         )
         beat.start()
         try:
             engine = self._engine_for(claim.model)
         except Exception as exc:
-            stop.set()
+            ended.set()
             beat.join()
             log.error("engine for %s failed to start: %s", claim.model, exc)
             self._release(run, _engine_error(exc))
@@ -263,19 +264,27 @@ class Worker:
                             stored.input_tokens, stored.output_tokens
                         )
                         if unit.left == 0:
+                            # out of the run first: its renewals fail once it is complete
                             run.units.pop(unit.claim.unit_id)
-                            if self.queue.complete_unit(unit.claim) and not stop.is_set():
+                            finalizing = self.queue.complete_unit(unit.claim)
+                            if finalizing and not stop.is_set():
                                 self._batch_steps_during_run()  # finalize it now
                     except LeaseLost:
                         run.units.pop(unit.claim.unit_id, None)
                         self._fenced(unit.claim)
                         stop.set()  # the run's other units go back to the queue
                         break
+                    except Exception:  # the database, not the engine: stop, retry later
+                        log.exception("could not store a result of unit %s", unit.claim.index)
+                        run.units.setdefault(unit.claim.unit_id, unit)  # released below
+                        stop.set()
+                        break
         except Exception as exc:  # the engine itself broke: retry elsewhere/later
             log.exception("engine for %s failed during unit %s", claim.model, claim.unit_id)
             failure = exc
         finally:
             stop.set()
+            ended.set()
             beat.join()
             for samples in run.samples.values():
                 samples.flush()
@@ -331,6 +340,11 @@ class Worker:
                     return []
                 claim = self.queue.claim_unit(self.id, prefer_model=engine.model_id)
                 if claim is None:
+                    return []
+                if claim.unit_id in run.units:  # its lease lapsed while it ran here
+                    self._give_back(claim)
+                    claim = None
+                    stop.set()
                     return []
                 if claim.model != engine.model_id:
                     run.next_claim = claim  # kept alive by the run's heartbeat meanwhile
@@ -428,11 +442,11 @@ class Worker:
             "its further writes were refused",
         )
 
-    def _run_heartbeat(self, run: _Run, stop: threading.Event) -> None:
+    def _run_heartbeat(self, run: _Run, stop: threading.Event, ended: threading.Event) -> None:
         """Renew the leases of the run's units; stop the run when one must stop (lease
         lost, batch cancelled or expiring): the others are given back and run again."""
         interval = min(1.0, self.settings.lease_seconds / 3)
-        while not stop.wait(interval):
+        while not ended.wait(interval):
             try:
                 waiting = run.next_claim
                 if waiting and not self.queue.heartbeat(waiting):
@@ -441,8 +455,7 @@ class Worker:
                 for unit_id, unit in list(run.units.items()):
                     # a unit completed meanwhile is no longer leased: not a reason to stop
                     if not self.queue.heartbeat(unit.claim) and unit_id in run.units:
-                        stop.set()
-                        break
+                        stop.set()  # the others are still renewed until the run ends
             except Exception:
                 log.exception("renewing the run's leases failed")  # tried again next beat
 

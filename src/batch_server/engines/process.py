@@ -147,7 +147,7 @@ class EngineProcess:
         further requests, and the run ends once it returns none and all are done."""
         self._log_tail.clear()  # a failure during this run is explained by this run's log
         self.runs += 1
-        self.conn.send(("run", list(requests), more is not None))
+        self._send(("run", list(requests), more is not None))
         ended = more is None
         # Once stopped, the engine has STOP_GRACE_SECONDS of our waiting to end the run;
         # time the caller spends elsewhere (storing a result, finalizing) does not count.
@@ -156,7 +156,7 @@ class EngineProcess:
         try:
             while True:
                 if grace is None and should_stop():
-                    self.conn.send(("stop",))
+                    self._send(("stop",))
                     grace = STOP_GRACE_SECONDS
                 if grace is not None and grace <= 0:
                     self._kill()
@@ -173,7 +173,7 @@ class EngineProcess:
                     assert more is not None
                     extra = more() if grace is None else []
                     ended = not extra
-                    self.conn.send(("add", extra) if extra else ("end",))
+                    self._send(("add", extra) if extra else ("end",))
                 elif message[0] == "result":
                     self.results += 1
                     yield message[1]
@@ -208,6 +208,18 @@ class EngineProcess:
         self.conn.close()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """Send to the child; a child that died meanwhile fails with its exit and log."""
+        try:
+            self.conn.send(message)
+        except OSError:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(2)
+            self._kill()
+            raise self._failure(
+                f"the engine process for model '{self.model_id}' {describe_exit(self.proc.poll())}"
+            ) from None
 
     def _receive(self, timeout: float, idle_ok: bool = False) -> tuple[Any, ...] | None:
         deadline = time.monotonic() + timeout
