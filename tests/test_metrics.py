@@ -109,6 +109,8 @@ def test_unexecuted_requests_count_as_errors(cluster: Cluster) -> None:
     batch = submit(
         cluster.client, [chat_line(f"c{i}", "Tell a long story.", max_tokens=60) for i in range(6)]
     )
+    # cancelled once it runs (cancelled while still validating, it has no lines at all)
+    wait_for(cluster.client, batch.id, ("in_progress",), timeout=60)
     cluster.client.batches.cancel(batch.id)
     done = wait_for(cluster.client, batch.id)
     assert done.status == "cancelled"

@@ -106,7 +106,9 @@ def test_three_workers_one_batch_one_killed(pg_cluster: Cluster) -> None:
         assert live[0].ran + live[0].already == UNIT, attempts
         executed += live[0].ran + live[0].already
         taken_over.append(attempts)
-    assert len(taken_over) <= 1, taken_over  # the killed worker held one unit at most
+    # The killed worker held two units at most: the one running and the next, which it
+    # adds to the engine while the last request of the first is still running.
+    assert len(taken_over) <= 2, taken_over
     assert executed == 30
     if taken_over:
         assert any("taken over by" in m for m in log_messages(c, created.id))
