@@ -327,6 +327,12 @@ def wait_for_progress(client: openai.OpenAI, batch_id: str, completed: int) -> A
     )
 
 
+def batch_log(cluster: Cluster, batch_id: str, kind: str | None = None) -> list[str]:
+    """The messages of the batch's log events (``/v1/batches/{id}/logs``), of one kind."""
+    events = cluster.http.get(f"/v1/batches/{batch_id}/logs").json()["data"]
+    return [e["message"] for e in events if kind is None or e["kind"] == kind]
+
+
 def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []

@@ -15,6 +15,7 @@ from conftest import (
     DATABASES,
     ONE_THREAD_REGISTRY,
     Cluster,
+    batch_log,
     chat_line,
     database_url,
     read_lines,
@@ -44,12 +45,6 @@ def unit_runs(cluster: Cluster, batch_id: str) -> list[tuple[str, int, int]]:
     return runs
 
 
-def unit_messages(cluster: Cluster, batch_id: str) -> list[tuple[float, str]]:
-    """(time, message) of the batch's unit log events."""
-    logs = cluster.http.get(f"/v1/batches/{batch_id}/logs").json()["data"]
-    return [(e["at"], e["message"]) for e in logs if e["kind"] == "unit"]
-
-
 def assert_exactly_once(client: openai.OpenAI, batch, expected: list[str]) -> list[dict]:
     out = read_lines(client, batch.output_file_id)
     err = read_lines(client, batch.error_file_id)
@@ -77,7 +72,7 @@ def test_units_join_the_running_engine(cluster: Cluster) -> None:
     lines = story_lines(12, max_tokens=8)  # three units of 4
     created = submit(cluster.client, lines)
     completes_exactly_once(cluster.client, created.id, lines)
-    units = [m for _, m in unit_messages(cluster, created.id)]
+    units = batch_log(cluster, created.id, "unit")
     assert len(units) == 3 and "still running" not in units[0], units
     # llama.cpp runs one request at a time: one was running when each further unit came
     assert all(m.endswith("4 to run, 0 already finished; joins 1 still running") for m in units[1:])
@@ -109,7 +104,7 @@ def test_a_more_urgent_batch_of_another_model_takes_over(tmp_path: Path) -> None
         later = completes_exactly_once(c.client, first.id, slow)
         assert done.completed_at <= later.completed_at
         # the first batch's units after the swap started a new run (nothing to join)
-        units = [m for _, m in unit_messages(c, first.id)]
+        units = batch_log(c, first.id, "unit")
         assert len(units) == 4 and "still running" not in units[0], units
         loads = c.http.get("/metrics").text
         assert 'batch_server_engine_load_seconds_count{model="smollm2-other"} 1.0' in loads

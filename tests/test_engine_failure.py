@@ -6,7 +6,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import ONE_THREAD_REGISTRY, Cluster, chat_line, read_lines, submit, wait_for
+from conftest import (
+    ONE_THREAD_REGISTRY,
+    Cluster,
+    batch_log,
+    chat_line,
+    read_lines,
+    submit,
+    wait_for,
+)
 
 BROKEN_REGISTRY = (
     ONE_THREAD_REGISTRY
@@ -68,8 +76,7 @@ def test_engine_over_its_memory_cap_is_restarted_between_units(tmp_path: Path) -
         # completed (it is finalized as soon as its last result is stored).
         deadline = time.time() + 30
         while True:
-            logs = c.http.get(f"/v1/batches/{batch.id}/logs").json()["data"]
-            restarts = [e["message"] for e in logs if e["kind"] == "engine"]
+            restarts = batch_log(c, batch.id, "engine")
             if len(restarts) >= 3 or time.time() > deadline:
                 break
             time.sleep(0.2)

@@ -20,6 +20,7 @@ from webhook_receiver import SECRET, Receiver
 from conftest import (
     ONE_THREAD_REGISTRY,
     Cluster,
+    batch_log,
     chat_line,
     read_lines,
     submit,
@@ -47,15 +48,11 @@ def unit_runs(cluster: Cluster, batch_id: str) -> list[Run]:
     ]
 
 
-def log_messages(cluster: Cluster, batch_id: str) -> list[str]:
-    return [e["message"] for e in cluster.http.get(f"/v1/batches/{batch_id}/logs").json()["data"]]
-
-
 def wait_for_log(cluster: Cluster, batch_id: str, *parts: str, timeout: float = 60) -> None:
     """Wait for a log event of the batch that contains every one of ``parts``."""
     deadline = time.time() + timeout
-    while not any(all(p in m for p in parts) for m in log_messages(cluster, batch_id)):
-        assert time.time() < deadline, log_messages(cluster, batch_id)
+    while not any(all(p in m for p in parts) for m in batch_log(cluster, batch_id)):
+        assert time.time() < deadline, batch_log(cluster, batch_id)
         time.sleep(0.3)
 
 
@@ -111,7 +108,7 @@ def test_three_workers_one_batch_one_killed(pg_cluster: Cluster) -> None:
     assert len(taken_over) <= 2, taken_over
     assert executed == 30
     if taken_over:
-        assert any("taken over by" in m for m in log_messages(c, created.id))
+        assert any("taken over by" in m for m in batch_log(c, created.id))
 
 
 @pytest.mark.slow
