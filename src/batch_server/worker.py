@@ -28,6 +28,7 @@ from batch_server.db.tables import WorkerRow
 from batch_server.engines import start_engine
 from batch_server.engines.base import EngineFailure, EngineRequest, EngineResult
 from batch_server.engines.process import EngineProcess
+from batch_server.errors import error_body
 from batch_server.estimates import SampleRecorder
 from batch_server.gpu import GpuMonitor, host_hold_reason
 from batch_server.jobs import housekeeping
@@ -42,6 +43,8 @@ from batch_server.wakeup import Wakeup
 log = logging.getLogger(__name__)
 
 WARM_REQUESTS = 256  # finished requests after which an engine's memory is its baseline
+# Requests in a row that kill the engine in an isolated run before the engine is blamed.
+ISOLATION_CRASH_LIMIT = 3
 
 
 @dataclass
@@ -59,8 +62,9 @@ class _Run:
     units: dict[int, _Unit] = field(default_factory=dict)  # by unit id
     slots: dict[int, tuple[_Unit, int]] = field(default_factory=dict)  # run number → unit, index
     samples: dict[str, SampleRecorder] = field(default_factory=dict)  # by batch id
-    next_claim: Claim | None = None  # a unit of another model, to run after this run
+    next_claim: Claim | None = None  # a unit to run after this run (another model, or isolated)
     restart: str | None = None  # why the engine must restart once this run has drained
+    store_error: str | None = None  # why results could not be stored (a failed attempt)
     _numbers: itertools.count = field(default_factory=itertools.count)
 
     def add(self, claim: Claim, requests: list[EngineRequest]) -> list[EngineRequest]:
@@ -232,69 +236,154 @@ class Worker:
         """Run a claimed unit on its model's engine, together with the further units of that
         model the engine asks for while it still has requests in flight: the engine never
         drains between units. A unit is complete as soon as its last request is stored."""
+        if self._isolate(claim):
+            self._run_isolated(claim)
+            return
         run = _Run()
         requests = self._add_unit(run, claim)
         if not requests:
             return
-        # The leases are renewed while the engine loads too (vLLM takes tens of seconds),
-        # and after a stop until the run has ended (the engine may take a while to stop).
+        failure: Exception | None = None
+        with self._leases(run) as stop:
+            try:
+                engine = self._engine_for(claim.model)
+            except Exception as exc:
+                log.error("engine for %s failed to start: %s", claim.model, exc)
+                self._release(run, _engine_error(exc))
+                return
+            results = engine.run(requests, stop.is_set, more=lambda: self._more(run, engine, stop))
+            try:
+                with contextlib.closing(results):
+                    for result in results:
+                        if not self._take_result(run, result, stop):
+                            break
+            except Exception as exc:  # the engine itself broke: retry elsewhere/later
+                log.exception("engine for %s failed during unit %s", claim.model, claim.unit_id)
+                failure = exc
+        self._next_claim = run.next_claim
+        if failure is not None:
+            self._close_engine()
+            self._release(run, _engine_error(failure))
+        else:
+            # units left after a stop: their unfinished requests (a failed attempt if their
+            # results could not be stored)
+            self._release(run, run.store_error)
+            self._restart_engine_if_grown(self.current_batch or claim.batch_id, run.restart)
+
+    def _isolate(self, claim: Claim) -> bool:
+        """Whether the unit's last attempt is due: after its engine failed in every earlier
+        one (a crash may be chance, an engine killed from outside; twice, a request is
+        suspect), it runs isolated."""
+        return claim.engine_failures >= max(1, self.settings.engine_max_attempts - 1)
+
+    def _run_isolated(self, claim: Claim) -> None:
+        """Run a unit whose earlier runs ended with its engine failing, one request per
+        engine run, so a request that kills the engine is known: it fails alone
+        (``engine_crashed``), the engine is restarted and the unit goes on. Only when
+        :data:`ISOLATION_CRASH_LIMIT` requests in a row kill it is the engine to blame: the
+        unit goes back with the engine's error, as after any engine failure."""
+        run = _Run()
+        requests = self._add_unit(run, claim)
+        if not requests:
+            return
+        self.queue.log(
+            claim.batch_id,
+            "unit",
+            f"unit {claim.index}: its last run ended with the engine failing; its requests "
+            "run one at a time, so one that kills the engine fails alone",
+        )
+        failure: str | None = None
+        in_a_row = 0
+        with self._leases(run) as stop:
+            for req in requests:
+                if stop.is_set():
+                    break
+                try:
+                    engine = self._engine_for(claim.model)
+                except Exception as exc:  # it cannot start: the engine's own failure
+                    failure = _engine_error(exc)
+                    break
+                try:
+                    results = list(engine.run([req], stop.is_set))
+                except Exception as exc:  # it failed on this very request
+                    self._close_engine()
+                    in_a_row += 1
+                    if in_a_row >= ISOLATION_CRASH_LIMIT:
+                        failure = _engine_error(exc)
+                        break
+                    self.queue.log(
+                        claim.batch_id,
+                        "engine_error",
+                        f"request {req.custom_id[:200]!r} failed alone: the engine failed "
+                        f"while running it ({_engine_error(exc)[:1000]}); it is restarted",
+                    )
+                    results = [_crashed(req.index, exc)]
+                else:
+                    in_a_row = 0 if results else in_a_row
+                if not all(self._take_result(run, r, stop) for r in results):
+                    break
+        self._release(run, failure or run.store_error)
+
+    @contextlib.contextmanager
+    def _leases(self, run: _Run) -> Iterator[threading.Event]:
+        """Renew the run's leases while the body runs; yields the run's stop flag. The
+        leases are renewed while the engine loads too (vLLM takes tens of seconds), and
+        after a stop until the run has ended (the engine may take a while to stop)."""
         stop, ended = threading.Event(), threading.Event()
         beat = threading.Thread(
             target=self._run_heartbeat, args=(run, stop, ended), name="unit-heartbeat", daemon=True
         )
         beat.start()
         try:
-            engine = self._engine_for(claim.model)
-        except Exception as exc:
-            ended.set()
-            beat.join()
-            log.error("engine for %s failed to start: %s", claim.model, exc)
-            self._release(run, _engine_error(exc))
-            return
-        results = engine.run(requests, stop.is_set, more=lambda: self._more(run, engine, stop))
-        failure: Exception | None = None
-        try:
-            with contextlib.closing(results):
-                for result in results:
-                    unit, result = run.finish(result)
-                    stored = self._to_result(result, unit.custom_ids)
-                    try:
-                        self.queue.record(unit.claim, [stored], self.id)
-                        run.samples[unit.claim.batch_id].add(
-                            stored.input_tokens, stored.output_tokens
-                        )
-                        if unit.left == 0:
-                            # out of the run first: its renewals fail once it is complete
-                            run.units.pop(unit.claim.unit_id)
-                            finalizing = self.queue.complete_unit(unit.claim)
-                            if finalizing and not stop.is_set():
-                                self._batch_steps_during_run()  # finalize it now
-                    except LeaseLost:
-                        run.units.pop(unit.claim.unit_id, None)
-                        self._fenced(unit.claim)
-                        stop.set()  # the run's other units go back to the queue
-                        break
-                    except Exception:  # the database, not the engine: stop, retry later
-                        log.exception("could not store a result of unit %s", unit.claim.index)
-                        run.units.setdefault(unit.claim.unit_id, unit)  # released below
-                        stop.set()
-                        break
-        except Exception as exc:  # the engine itself broke: retry elsewhere/later
-            log.exception("engine for %s failed during unit %s", claim.model, claim.unit_id)
-            failure = exc
+            yield stop
         finally:
             stop.set()
             ended.set()
             beat.join()
             for samples in run.samples.values():
                 samples.flush()
-        self._next_claim = run.next_claim
-        if failure is not None:
-            self._close_engine()
-            self._release(run, _engine_error(failure))
-        else:
-            self._release(run, None)  # units left after a stop: their unfinished requests
-            self._restart_engine_if_grown(self.current_batch or claim.batch_id, run.restart)
+
+    def _take_result(self, run: _Run, result: EngineResult, stop: threading.Event) -> bool:
+        """Store a finished request and complete its unit when it was the unit's last;
+        ``False`` when the run must stop (a lease lost, or the database refusing)."""
+        unit, result = run.finish(result)
+        stored = self._to_result(result, unit.custom_ids)
+        try:
+            self._store(unit.claim, stored)
+            run.samples[unit.claim.batch_id].add(stored.input_tokens, stored.output_tokens)
+            if unit.left == 0:
+                # out of the run first: its renewals fail once it is complete
+                run.units.pop(unit.claim.unit_id)
+                finalizing = self.queue.complete_unit(unit.claim)
+                if finalizing and not stop.is_set():
+                    self._batch_steps_during_run()  # finalize it now
+        except LeaseLost:
+            run.units.pop(unit.claim.unit_id, None)
+            self._fenced(unit.claim)
+            stop.set()  # the run's other units go back to the queue
+            return False
+        except Exception as exc:  # the database, not the engine: stop, retry later
+            log.exception("could not store a result of unit %s", unit.claim.index)
+            run.units.setdefault(unit.claim.unit_id, unit)  # released after the run
+            run.store_error = f"could not store a result: {type(exc).__name__}: {exc}"
+            stop.set()
+            return False
+        return True
+
+    def _store(self, claim: Claim, result: Result) -> None:
+        """Store one result. One the database refuses (it should not happen: odd input is
+        refused at the door) is replaced by an error line for that request alone, so one
+        odd result never sends its unit back to the queue for ever; if that is refused too,
+        the database itself is failing and the error propagates."""
+        try:
+            self.queue.record(claim, [result], self.id)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.exception(
+                "result %s of %s refused; stored as an error", result.request_index, claim.batch_id
+            )
+            self.queue.record(claim, [_unstorable(result, exc)], self.id)
 
     def _add_unit(self, run: _Run, claim: Claim) -> list[EngineRequest]:
         """The unit's unfinished requests, numbered for this run (a unit with none left is
@@ -346,8 +435,10 @@ class Worker:
                     claim = None
                     stop.set()
                     return []
-                if claim.model != engine.model_id:
-                    run.next_claim = claim  # kept alive by the run's heartbeat meanwhile
+                if claim.model != engine.model_id or self._isolate(claim):
+                    # runs after this run (isolated, if its engine failed): the run's
+                    # heartbeat keeps its lease alive meanwhile
+                    run.next_claim = claim
                     return []
                 self._set_state("running", claim.batch_id)
                 with bind(batch_id=claim.batch_id):
@@ -482,11 +573,17 @@ class Worker:
         details = use.get("prompt_tokens_details") or {}
         error = result.body.get("error") if not result.ok else None
         code = error.get("code") if isinstance(error, dict) else None
+        payload = json.dumps(line, ensure_ascii=False)
+        if not payload.isascii():
+            try:
+                payload.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: stored escaped, as JSON allows
+                payload = json.dumps(line)
         return Result(
             request_index=result.index,
             is_error=not result.ok,
             error_code=None if result.ok else str(code or result.status_code),
-            payload=json.dumps(line, ensure_ascii=False),
+            payload=payload,
             input_tokens=int(use.get("prompt_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
             output_tokens=int(use.get("completion_tokens") or 0),
@@ -568,6 +665,36 @@ class Worker:
                 s.execute(delete(WorkerRow).where(WorkerRow.id == self.id))
         except Exception:
             log.exception("could not unregister worker")
+
+
+def _crashed(index: int, exc: Exception) -> EngineResult:
+    """The result of a request the engine failed on (its process died, most often)."""
+    return EngineResult(
+        index,
+        500,
+        error_body(
+            f"The engine failed while running this request, which was failed alone: "
+            f"{_engine_error(exc)}"[:2000],
+            "server_error",
+            code="engine_crashed",
+        ),
+    )
+
+
+def _unstorable(result: Result, exc: Exception) -> Result:
+    """An error line in place of a result the database refused."""
+    line = json.loads(result.payload)
+    body = error_body(
+        f"The result of this request could not be stored: {type(exc).__name__}: {exc}"[:2000],
+        "server_error",
+        code="result_not_storable",
+    )
+    line["response"] = {
+        "status_code": 500,
+        "request_id": line["response"]["request_id"],
+        "body": body,
+    }
+    return Result(result.request_index, True, json.dumps(line), "result_not_storable")
 
 
 def _engine_error(exc: Exception) -> str:

@@ -62,6 +62,19 @@ class RequestRejected(ValueError):
         )
 
 
+def request_failed(index: int, exc: Exception) -> EngineResult:
+    """The result of a request the engine could not serve: a rejection as it was raised,
+    anything else (an engine library's error on an odd input) as that request's 500, so one
+    request never takes down the run or the engine process."""
+    if isinstance(exc, RequestRejected):
+        return exc.result(index)
+    return RequestRejected(
+        f"The engine failed on this request: {type(exc).__name__}: {exc}"[:2000],
+        code="engine_error",
+        status_code=500,
+    ).result(index)
+
+
 class Interrupted(Exception):
     """Generation was stopped because the worker asked it to (cancel, lease lost)."""
 

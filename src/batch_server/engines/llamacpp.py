@@ -8,6 +8,7 @@ Log-probabilities are computed from the raw logits of each step, as OpenAI repor
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from batch_server.engines.base import (
     Interrupted,
     RequestRejected,
     StopCheck,
+    request_failed,
 )
 from batch_server.engines.protocol import (
     CHAT,
@@ -32,6 +34,7 @@ from batch_server.engines.protocol import (
     TokenLogprob,
     chat_completion,
     chat_messages,
+    check_token_ids,
     completion_prompts,
     json_schema,
     logprobs_object,
@@ -39,6 +42,8 @@ from batch_server.engines.protocol import (
     text_completion,
     usage,
 )
+
+log = logging.getLogger(__name__)
 
 
 class LlamaCppEngine:
@@ -80,8 +85,10 @@ class LlamaCppEngine:
                 body = self._respond(req, should_stop)
             except Interrupted:
                 return
-            except RequestRejected as exc:
-                yield exc.result(req.index)
+            except Exception as exc:  # a rejection, or llama.cpp's error on an odd input
+                if not isinstance(exc, RequestRejected):
+                    log.exception("request %s failed in llama.cpp", req.custom_id[:200])
+                yield request_failed(req.index, exc)
                 continue
             yield EngineResult(req.index, 200, body)
 
@@ -89,6 +96,7 @@ class LlamaCppEngine:
 
     def _respond(self, req: EngineRequest, should_stop: StopCheck) -> dict[str, Any]:
         sampling = parse_sampling(req.endpoint, req.body)
+        check_token_ids(list(sampling.logit_bias), self.llm.n_vocab(), "logit_bias")
         if req.endpoint == CHAT:
             if self.formatter is None:
                 raise RequestRejected(
@@ -101,6 +109,9 @@ class LlamaCppEngine:
             sampling.stop = stops
         elif req.endpoint == COMPLETIONS:
             prompts = completion_prompts(req.body)
+            for p in prompts:
+                if isinstance(p, list):
+                    check_token_ids(p, self.llm.n_vocab(), "prompt")
         else:
             raise RequestRejected(
                 f"Endpoint {req.endpoint} is not served by llama.cpp", code="unsupported_endpoint"
@@ -148,9 +159,10 @@ class LlamaCppEngine:
             "max_tokens": s.max_tokens,
             "temperature": s.temperature,
             "top_p": s.top_p,
-            "top_k": int(s.extra.get("top_k", 0)),
-            "min_p": float(s.extra.get("min_p", 0.0)),
-            "repeat_penalty": float(s.extra.get("repetition_penalty", 1.0)),
+            "top_k": s.extra["top_k"],
+            "min_p": s.extra["min_p"],
+            "repeat_penalty": s.extra["repetition_penalty"],
+            "logit_bias": s.logit_bias or None,
             "presence_penalty": s.presence_penalty,
             "frequency_penalty": s.frequency_penalty,
             "stop": s.stop,

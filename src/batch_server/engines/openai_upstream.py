@@ -31,6 +31,7 @@ from batch_server.engines.base import (
     EngineRequest,
     EngineResult,
     StopCheck,
+    request_failed,
 )
 from batch_server.errors import error_body
 
@@ -77,7 +78,7 @@ class OpenAIUpstreamEngine:
                     req = next(todo, None)
                     if req is None:
                         break
-                    pending.add(pool.submit(self._forward, req, should_stop))
+                    pending.add(pool.submit(self._forward_one, req, should_stop))
                 if not pending or should_stop():
                     return
                 done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -90,6 +91,16 @@ class OpenAIUpstreamEngine:
             pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one request ----------------------------------------------------------------------
+
+    def _forward_one(self, req: EngineRequest, should_stop: StopCheck) -> EngineResult | None:
+        """Forward one request; an unreachable upstream is the engine's failure, any other
+        error (a body httpx cannot send, an odd answer) is this request's alone."""
+        try:
+            return self._forward(req, should_stop)
+        except EngineFailure:
+            raise
+        except Exception as exc:
+            return request_failed(req.index, exc)
 
     def _forward(self, req: EngineRequest, should_stop: StopCheck) -> EngineResult | None:
         body = {**req.body, "model": self.upstream_model}

@@ -63,7 +63,8 @@ class Sampling:
     logprobs: bool = False
     top_logprobs: int = 0
     response_format: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # top_k, min_p, repetition_penalty
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
 
 def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -114,6 +115,12 @@ def parse_sampling(endpoint: str, body: dict[str, Any]) -> Sampling:
         raise RequestRejected(
             f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter"
         )
+    if body.get("stream") not in (None, False):
+        raise RequestRejected(
+            "'stream' is not supported in a batch: each response is written to the output file",
+            param="stream",
+            code="invalid_value",
+        )
     s = Sampling()
     max_tokens = _integer(body, "max_completion_tokens", 1, 10**7)
     s.max_tokens = max_tokens if max_tokens is not None else _integer(body, "max_tokens", 1, 10**7)
@@ -163,8 +170,57 @@ def parse_sampling(endpoint: str, body: dict[str, Any]) -> Sampling:
             code="invalid_value",
         )
     s.response_format = fmt if fmt and fmt.get("type") != "text" else None
-    s.extra = {k: body[k] for k in ("top_k", "min_p", "repetition_penalty") if k in body}
+    top_k = _integer(body, "top_k", -1, 10**6)
+    s.extra = {
+        "top_k": max(top_k or 0, 0),  # 0 and -1 (vLLM's spelling): no top-k cut-off
+        "min_p": _number(body, "min_p", 0.0, 0.0, 1.0),
+        "repetition_penalty": _number(body, "repetition_penalty", 1.0, 0.01, 10.0),
+    }
+    s.logit_bias = parse_logit_bias(body.get("logit_bias"))
     return s
+
+
+MAX_LOGIT_BIAS = 1024  # entries; each a token id (as a string, as JSON keys are) → -100..100
+
+
+def parse_logit_bias(bias: Any) -> dict[int, float]:
+    """``logit_bias`` as token id → bias (OpenAI's bounds); engines check the ids against
+    their vocabulary."""
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS:
+        raise RequestRejected(
+            f"'logit_bias' must be an object of at most {MAX_LOGIT_BIAS} token ids",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        token = int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else None
+        if (
+            token is None
+            or isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not -100 <= value <= 100
+        ):
+            raise RequestRejected(
+                "'logit_bias' maps token ids (strings of digits) to numbers from -100 to 100",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        out[token] = float(value)
+    return out
+
+
+def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    """Refuse token ids outside the model's vocabulary (an engine may crash on them)."""
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise RequestRejected(
+            f"Token id {bad} in '{param}' is outside the model's vocabulary (0..{vocab_size - 1})",
+            param=param,
+            code="invalid_value",
+        )
 
 
 def json_schema(fmt: dict[str, Any]) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from batch_server.engines.base import (
     RequestFeed,
     RequestRejected,
     StopCheck,
+    request_failed,
 )
 from batch_server.engines.prepare import gguf_to_hf, hf_copy_dir
 from batch_server.engines.protocol import (
@@ -136,8 +137,8 @@ class VllmEngine:
                 for req in feed.take():
                     try:
                         arrived.append(self._prepare(req))
-                    except RequestRejected as exc:
-                        yield exc.result(req.index)
+                    except Exception as exc:  # a rejection, or an error on an odd input
+                        yield request_failed(req.index, exc)
                 if self.prefix_ordering:
                     arrived.sort(key=lambda p: p.key)
                 queue.extend(arrived)
@@ -210,7 +211,7 @@ class VllmEngine:
             raise RequestRejected(
                 f"Endpoint {req.endpoint} is not served by vLLM", code="unsupported_endpoint"
             )
-        params = self._sampling_params(s, req.body)
+        params = self._sampling_params(s)
         key = tuple(inputs[0].get("prompt_token_ids") or ())
         return _Pending(req, inputs, params, s.top_logprobs, key=key)
 
@@ -248,7 +249,7 @@ class VllmEngine:
         except Exception as exc:
             raise _rejection(exc) from exc
 
-    def _sampling_params(self, s: Any, body: dict[str, Any]) -> Any:
+    def _sampling_params(self, s: Any) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -260,23 +261,22 @@ class VllmEngine:
                 if schema is None
                 else StructuredOutputsParams(json=schema)
             )
-        bias = body.get("logit_bias")
         try:
             return SamplingParams(
                 n=s.n,
                 max_tokens=s.max_tokens,
                 temperature=s.temperature,
                 top_p=s.top_p,
-                top_k=int(s.extra.get("top_k", 0)),
-                min_p=float(s.extra.get("min_p", 0.0)),
-                repetition_penalty=float(s.extra.get("repetition_penalty", 1.0)),
+                top_k=s.extra["top_k"],
+                min_p=s.extra["min_p"],
+                repetition_penalty=s.extra["repetition_penalty"],
                 presence_penalty=s.presence_penalty,
                 frequency_penalty=s.frequency_penalty,
                 stop=s.stop or None,
                 seed=s.seed,
                 logprobs=s.top_logprobs if s.logprobs else None,
                 structured_outputs=structured,
-                logit_bias=bias if isinstance(bias, dict) and bias else None,
+                logit_bias=s.logit_bias or None,
                 output_kind=RequestOutputKind.FINAL_ONLY,
             )
         except (ValueError, TypeError) as exc:

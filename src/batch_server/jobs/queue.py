@@ -58,6 +58,7 @@ class Claim:
     byte_end: int
     input_file_id: str
     endpoint: str
+    engine_failures: int = 0  # earlier runs of this unit that ended with the engine failing
 
 
 @dataclass
@@ -144,6 +145,7 @@ class Queue:
                     byte_end=claimed.byte_end,
                     input_file_id=batch.input_file_id,
                     endpoint=batch.endpoint,
+                    engine_failures=claimed.engine_failures,
                 )
         return None
 

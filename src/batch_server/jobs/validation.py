@@ -8,6 +8,7 @@ set of custom_ids seen.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -69,7 +70,10 @@ def validate(
     max_errors: int,
     model_unit_sizes: dict[str, int] | None = None,
     max_line_bytes: int = 4 * 1024 * 1024,
+    model_endpoints: dict[str, frozenset[str]] | None = None,
 ) -> Validation:
+    """Check every line; a line that passes can be stored and run (its strings are valid
+    Unicode, its model serves the batch's endpoint)."""
     result = Validation()
     seen: set[str] = set()
     current: Unit | None = None
@@ -100,6 +104,14 @@ def validate(
             continue
         if not isinstance(obj, dict):
             error("invalid_json_line", f"Line {n} is not a JSON object.", n)
+            continue
+        if has_lone_surrogate(pl.raw, obj):
+            error(
+                "invalid_encoding",
+                f"Line {n} has a string with a lone UTF-16 surrogate escape (such as "
+                "\\ud800), which is not valid Unicode text.",
+                n,
+            )
             continue
         custom_id = obj.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
@@ -132,8 +144,17 @@ def validate(
         if not isinstance(body, dict):
             error("invalid_body", f"Line {n}: 'body' must be a JSON object.", n, "body")
             continue
+        if body.get("stream") not in (None, False):
+            error(
+                "invalid_value",
+                f"Line {n}: 'stream' is not supported in a batch (responses are written to "
+                "the output file).",
+                n,
+                "body.stream",
+            )
+            continue
         name = body.get("model") or batch_model
-        if not name:
+        if not isinstance(name, str) or not name:
             error(
                 "missing_required_parameter",
                 f"Line {n}: no model given (set body.model or the batch's model).",
@@ -146,6 +167,16 @@ def validate(
             error(
                 "model_not_found",
                 f"Line {n}: model '{name}' is not served here (see GET /v1/models).",
+                n,
+                "body.model",
+            )
+            continue
+        served = (model_endpoints or {}).get(model)
+        if served is not None and endpoint not in served:
+            error(
+                "unsupported_endpoint",
+                f"Line {n}: model '{name}' does not serve {endpoint} (it serves "
+                f"{', '.join(sorted(served))}).",
                 n,
                 "body.model",
             )
@@ -175,6 +206,22 @@ def validate(
     return result
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def has_lone_surrogate(raw: bytes, obj: Any) -> bool:
+    """Whether a parsed line holds a string with an unpaired surrogate (JSON lets one be
+    written as an escape; it cannot be stored as text, in a database or a file). Only lines
+    with a surrogate escape are checked in full."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return False
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def validate_batch(
     db: Database, store: FileStore, settings: Settings, batch_id: str, token: str
 ) -> str:
@@ -195,6 +242,7 @@ def validate_batch(
             max_errors=settings.max_validation_errors,
             model_unit_sizes={m: settings.unit_size_for(m) for m in settings.models},
             max_line_bytes=settings.max_line_bytes,
+            model_endpoints=settings.model_endpoints(),
         )
     with db.write() as s:
         owned = s.execute(

@@ -1,0 +1,221 @@
+"""Poison requests fail alone: odd lines are refused at validation with their line number,
+odd parameters fail their own request, and a request that kills the engine process is
+failed by itself while the rest of its batch, and other batches, run on."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from conftest import (
+    Cluster,
+    batch_log,
+    chat_line,
+    jsonl,
+    read_lines,
+    submit,
+    upload,
+    wait_for,
+)
+
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def vocab() -> object:
+    """SmolLM2's tokenizer (the packaged GGUF, vocabulary only) to pick real token ids."""
+    from llama_cpp import Llama
+
+    from batch_server.config import default_models
+
+    path = default_models()[MODEL].resolve_path()
+    return Llama(model_path=str(path), vocab_only=True, verbose=False)
+
+
+def _create(client: openai.OpenAI, raw: bytes, endpoint: str = "/v1/chat/completions") -> str:
+    file_id = upload(client, raw)
+    return client.batches.create(
+        input_file_id=file_id, endpoint=endpoint, completion_window="24h"
+    ).id
+
+
+def test_lone_surrogates_are_refused_with_their_line_and_the_queue_runs_on(
+    client: openai.OpenAI,
+) -> None:
+    good = json.dumps(chat_line("ok", "hi"))
+    bad_id = good.replace('"ok"', '"x\\ud800"')
+    bad_content = json.dumps(chat_line("b", "hi")).replace('"hi"', '"h\\udc00i"')
+    paired = json.dumps(chat_line("c", "hi")).replace('"hi"', '"\\ud83d\\ude00"')  # 😀: fine
+    escaped = json.dumps(chat_line("d", "\\ud800"))  # a backslash, then text: fine
+    batch_id = _create(client, jsonl([good, bad_id, bad_content, paired, escaped]))
+    done = wait_for(client, batch_id)
+    assert done.status == "failed"
+    assert [(e.code, e.line) for e in done.errors.data] == [
+        ("invalid_encoding", 2),
+        ("invalid_encoding", 3),
+    ]
+    # The queue is not wedged: a normal batch sent after it runs at once.
+    after = wait_for(client, submit(client, [chat_line("n1", "hi"), chat_line("n2", "yo")]).id)
+    assert after.status == "completed" and after.request_counts.completed == 2
+
+
+def test_stream_and_a_model_of_another_endpoint_fail_validation(client: openai.OpenAI) -> None:
+    lines = [
+        chat_line("s", "hi", stream=True),
+        chat_line("e", "hi", model="all-minilm-l6-v2"),
+        chat_line("ok", "hi", stream=False),
+    ]
+    done = wait_for(client, submit(client, lines).id)
+    assert done.status == "failed"
+    assert [(e.code, e.line, e.param) for e in done.errors.data] == [
+        ("invalid_value", 1, "body.stream"),
+        ("unsupported_endpoint", 2, "body.model"),
+    ]
+
+
+def test_odd_parameters_fail_their_own_request_alone(
+    cluster: Cluster, client: openai.OpenAI, vocab: object
+) -> None:
+    n_vocab = vocab.n_vocab()  # type: ignore[attr-defined]
+    chat = [
+        chat_line("top_k", "hi", top_k="abc"),
+        chat_line("min_p", "hi", min_p="x"),
+        chat_line("rep", "hi", repetition_penalty=[1]),
+        chat_line("bias_big", "hi", logit_bias={str(i): 1 for i in range(2000)}),
+        chat_line("bias_vocab", "hi", logit_bias={str(n_vocab + 5): 1}),
+        chat_line("bias_value", "hi", logit_bias={"17": 1000}),
+        chat_line("good", "hi"),
+        chat_line("good_top_k", "hi", top_k=5, min_p=0.05, repetition_penalty=1.1),
+    ]
+    done = wait_for(client, submit(client, chat).id)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 6)
+    errors = {x["custom_id"]: x["response"] for x in read_lines(client, done.error_file_id)}
+    assert set(errors) == {"top_k", "min_p", "rep", "bias_big", "bias_vocab", "bias_value"}
+    for custom_id, response in errors.items():
+        assert response["status_code"] == 400, (custom_id, response)
+        assert response["body"]["error"]["code"] == "invalid_value", (custom_id, response)
+    assert errors["top_k"]["body"]["error"]["param"] == "top_k"
+    assert "vocabulary" in errors["bias_vocab"]["body"]["error"]["message"]
+    assert batch_log(cluster, done.id, "engine_error") == []  # the engine never failed
+
+    def completion(custom_id: str, prompt: object) -> dict:
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "temperature": 0}
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body}
+
+    lines = [
+        completion("huge_id", [99999999]),
+        completion("negative_id", [[1, -3]]),
+        completion("good", [1, 2, 3]),
+        completion("text", "Once upon a time"),
+    ]
+    done = wait_for(client, submit(client, lines, endpoint="/v1/completions").id)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 2)
+    errors = {x["custom_id"]: x["response"] for x in read_lines(client, done.error_file_id)}
+    assert set(errors) == {"huge_id", "negative_id"}
+    assert all(e["body"]["error"]["param"] == "prompt" for e in errors.values())
+    assert batch_log(cluster, done.id, "engine_error") == []
+
+
+def test_logit_bias_is_honoured(client: openai.OpenAI, vocab: object) -> None:
+    (token,) = vocab.tokenize(b" banana", add_bos=False)  # type: ignore[attr-defined]
+    lines = [chat_line("forced", "Name a city.", max_tokens=3, logit_bias={str(token): 100})]
+    done = wait_for(client, submit(client, lines).id)
+    (line,) = read_lines(client, done.output_file_id)
+    content = line["response"]["body"]["choices"][0]["message"]["content"]
+    assert content.count("banana") == 3, content
+
+
+def _engine_processes(server: psutil.Process) -> list[psutil.Process]:
+    found = []
+    for p in server.children(recursive=True):
+        try:
+            if "batch_server.engines.process" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _kill_stalled_engines(
+    cluster: Cluster, batch_id: str, stalled_for: float, limit: int
+) -> Iterator[int]:
+    """SIGKILL the engine process (as the kernel's OOM killer would) whenever the batch
+    makes no progress for ``stalled_for`` seconds while it runs; yields once per kill."""
+    server = psutil.Process(cluster.server.popen.pid)
+    last, since, kills = None, time.monotonic(), 0
+    deadline = time.monotonic() + 180
+    while kills < limit and time.monotonic() < deadline:
+        batch = cluster.client.batches.retrieve(batch_id)
+        if batch.status != "in_progress":
+            return
+        progress = (batch.request_counts.completed, batch.request_counts.failed)
+        if progress != last:
+            last, since = progress, time.monotonic()
+        elif time.monotonic() - since > stalled_for:
+            for engine in _engine_processes(server):
+                engine.kill()
+                kills += 1
+                yield kills
+            since = time.monotonic()
+        time.sleep(0.2)
+
+
+def test_a_request_that_kills_the_engine_fails_alone(tmp_path: Path, vocab: object) -> None:
+    """The third request never ends (its end-of-text token is banned) and the engine
+    process running it is killed each time it stalls the batch: the first two kills fail
+    the run (the unit goes back, another user's batch runs meanwhile), the last attempt
+    runs the requests one at a time and the third kill fails that request alone; the
+    batch completes."""
+    eos = vocab.token_eos()  # type: ignore[attr-defined]
+    c = Cluster(tmp_path, {"unit_size": 10})
+    try:
+        lines = [chat_line(f"r{i}", f"Say {i}.") for i in range(6)]
+        lines[2] = chat_line(
+            "endless", "Write a long story.", max_tokens=1800, logit_bias={str(eos): -100}
+        )
+        poisoned = submit(c.client, lines).id
+        wait_for(c.client, poisoned, ("in_progress",))
+        kills: list[int] = []
+        other: list[str] = []
+
+        def kill_loop() -> None:
+            for n in _kill_stalled_engines(c, poisoned, stalled_for=4.0, limit=3):
+                kills.append(n)
+                if n == 1:  # another user's batch, sent while the first one is retried
+                    other.append(submit(c.client, [chat_line("o1", "hi")]).id)
+
+        killer = threading.Thread(target=kill_loop)
+        killer.start()
+        done = wait_for(c.client, poisoned, timeout=240)
+        killer.join()
+        assert done.status == "completed", done
+        assert len(kills) == 3
+        assert (done.request_counts.completed, done.request_counts.failed) == (5, 1)
+        (error,) = read_lines(c.client, done.error_file_id)
+        assert error["custom_id"] == "endless"
+        assert error["response"]["status_code"] == 500
+        assert error["response"]["body"]["error"]["code"] == "engine_crashed"
+        assert sorted(x["custom_id"] for x in read_lines(c.client, done.output_file_id)) == [
+            "r0",
+            "r1",
+            "r3",
+            "r4",
+            "r5",
+        ]
+        log = " ".join(batch_log(c, poisoned))
+        assert "one at a time" in log and "'endless' failed alone" in log
+        (other_id,) = other
+        other_done = wait_for(c.client, other_id)
+        assert other_done.status == "completed"
+        assert other_done.completed_at <= done.completed_at
+    finally:
+        c.close()
