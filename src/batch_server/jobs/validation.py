@@ -92,7 +92,7 @@ def validate(
             )
             continue
         try:
-            obj = json.loads(pl.raw)
+            obj = json.loads(pl.raw, parse_constant=_not_json)
         except UnicodeDecodeError:
             error("invalid_encoding", f"Line {n} is not valid UTF-8.", n)
             continue
@@ -204,6 +204,12 @@ def validate(
     if result.errors:
         result.units.clear()
     return result
+
+
+def _not_json(name: str) -> Any:
+    """Python's parser takes NaN and Infinity, which JSON has not (nor could they be sent
+    back as JSON): refused like any other invalid JSON."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
