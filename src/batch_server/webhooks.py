@@ -5,6 +5,11 @@ A delivery is claimed with a lease (like a work unit), so any number of processe
 a dispatcher on one database and each attempt is made by one of them. A failed attempt is
 retried with exponential backoff and jitter; after ``webhook_max_attempts`` the delivery
 becomes ``dead`` (the dead letter queue of ``/v1/webhooks/dead-letter``).
+
+URLs are checked when a batch is created and before every attempt: well-formed http(s),
+and (unless ``webhook_allow_private_urls``) every address the host resolves to globally
+routable unicast. An attempt resolves the host once and connects only to an address it
+checked, so a name that resolves elsewhere a moment later (DNS rebinding) gains nothing.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import secrets
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import and_, insert, or_, select, update
@@ -42,41 +48,198 @@ EVENTS = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled",
 SECRET_KEY = "webhook_secret"
 
 
+MAX_URL_LENGTH = 2048  # the size of the URL columns
+# RFC 3986 characters; anything else (spaces, controls, backslashes, non-ASCII) is refused
+# rather than left to parsers that may disagree about where the host ends.
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)", re.IGNORECASE)
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*", re.IGNORECASE)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the low bits
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291, deprecated
+
+
+class UrlInvalid(ValueError):
+    """A webhook URL that is not a well-formed http(s) URL."""
+
+
 class UrlRefused(ValueError):
-    """A webhook URL that may not be called."""
+    """A webhook URL whose host may not be called."""
 
 
-def check_url(url: str, allow_private: bool) -> None:
-    """Refuse anything but http(s) URLs to public addresses (unless private is allowed).
-    Every address the host resolves to is checked, at creation and again at delivery."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UrlRefused(f"Webhook URL {url!r} must be an http:// or https:// URL with a host")
-    if allow_private:
-        return
+class UrlUnresolvable(ValueError):
+    """A webhook URL whose host name does not resolve (now)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed webhook URL: where to send, and the host name it names."""
+
+    url: httpx.URL
+    host: str  # ASCII: an IP address or a host name (IDNA)
+    port: int
+
+    @property
+    def host_header(self) -> str:
+        return self.url.netloc.decode("ascii")
+
+
+def parse_url(url: object) -> Target:
+    """Parse a webhook URL, or raise :class:`UrlInvalid` saying what is wrong with it."""
+    if not isinstance(url, str) or not url:
+        raise UrlInvalid("Webhook URL must be a non-empty string")
+    if len(url) > MAX_URL_LENGTH:
+        raise UrlInvalid(f"Webhook URL is longer than {MAX_URL_LENGTH} characters")
+    if not _URL_CHARS.fullmatch(url):
+        raise UrlInvalid(
+            f"Webhook URL {url!r} has characters a URL may not contain "
+            "(percent-encode them; write host names in punycode)"
+        )
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UrlRefused(f"Webhook host {parts.hostname!r} does not resolve: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global:
-            raise UrlRefused(
-                f"Webhook URL {url!r} points at a private or loopback address ({address}); "
-                "set webhook_allow_private_urls to allow it (local development)"
-            )
+        parsed = httpx.URL(url)
+        port = parsed.port if parsed.port is not None else _DEFAULT_PORTS.get(parsed.scheme, 0)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise UrlInvalid(f"Webhook URL {url!r} is not a valid URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise UrlInvalid(f"Webhook URL {url!r} must be an http:// or https:// URL")
+    if parsed.userinfo or "@" in _authority(url):
+        raise UrlInvalid("Webhook URL must not carry credentials (user:password@)")
+    host = parsed.raw_host.decode("ascii")
+    if not host:
+        raise UrlInvalid(f"Webhook URL {url!r} has no host")
+    if not 0 < port < 65536:
+        raise UrlInvalid(f"Webhook URL {url!r} has port {port}, outside 1-65535")
+    if not _valid_host(host, bracketed=parsed.netloc.startswith(b"[")):
+        raise UrlInvalid(f"Webhook URL {url!r} has an invalid host {host!r}")
+    return Target(parsed, host, port)
+
+
+def _authority(url: str) -> str:
+    """The ``user@host:port`` part of a URL."""
+    return re.split(r"[/?#]", url.partition("//")[2], maxsplit=1)[0]
+
+
+def _valid_host(host: str, bracketed: bool) -> bool:
+    """An IPv6 literal in brackets, a dotted-quad IPv4 address or a DNS name (whose last
+    label is not numeric: ``127.1`` or ``0x7f000001`` would be read as IPv4 by resolvers)."""
+    if bracketed:
+        return _ip(host) is not None
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    labels = name.split(".")
+    return (
+        len(name) <= 253
+        and all(_LABEL.fullmatch(label) for label in labels)
+        and not _NUMERIC_LABEL.fullmatch(labels[-1])
+    )
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def refusal(address: IPAddress) -> str | None:
+    """Why no webhook may go to ``address``; ``None`` for a globally routable unicast
+    address. IPv6 forms that carry an IPv4 address (mapped, NAT64, 6to4) are refused when
+    that IPv4 address is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.teredo is not None:
+            return "Teredo tunnel"
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            reason = refusal(embedded)
+            if reason or address.sixtofour is None:  # mapped, NAT64: the IPv4 address decides
+                return reason and f"{reason} (as embedded IPv4 {embedded})"
+    kinds = (
+        ("is_unspecified", "unspecified"),
+        ("is_loopback", "loopback"),
+        ("is_multicast", "multicast"),
+        ("is_link_local", "link-local"),
+        ("is_site_local", "site-local"),
+        ("is_private", "private"),
+        ("is_reserved", "reserved"),
+    )
+    for attribute, kind in kinds:
+        if getattr(address, attribute, False):
+            return kind
+    if isinstance(address, ipaddress.IPv6Address) and address in _IPV4_COMPATIBLE:
+        return "IPv4-compatible, deprecated"
+    if not address.is_global:  # shared (100.64/10) and other special-purpose ranges
+        return "not globally routable"
+    return None
+
+
+def resolve(target: Target) -> list[IPAddress]:
+    """Every address of the target's host (an IP literal is its own), in the resolver's
+    order, without duplicates."""
+    literal = _ip(target.host)
+    if literal is not None:
+        return [literal]
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UrlUnresolvable(f"Webhook host {target.host!r} does not resolve: {exc}") from exc
+    found = [ipaddress.ip_address(info[4][0]) for info in infos]
+    return list(dict.fromkeys(found))
+
+
+def checked_addresses(target: Target, allow_private: bool) -> list[IPAddress]:
+    """Resolve the target once and check every address it resolves to (unless private
+    addresses are allowed); a delivery then connects only to these."""
+    addresses = resolve(target)
+    if not addresses:
+        raise UrlUnresolvable(f"Webhook host {target.host!r} has no address")
+    if not allow_private:
+        for address in addresses:
+            reason = refusal(address)
+            if reason:
+                raise UrlRefused(
+                    f"Webhook URL {str(target.url)!r} points at {address} ({reason}); "
+                    "set webhook_allow_private_urls to allow it (local development)"
+                )
+    return addresses
+
+
+def check_url(url: str, allow_private: bool) -> Target:
+    """Parse ``url`` and refuse it unless every address of its host may be called."""
+    target = parse_url(url)
+    if not allow_private:
+        try:
+            checked_addresses(target, allow_private)
+        except UrlUnresolvable as exc:
+            raise UrlRefused(str(exc)) from exc
+    return target
 
 
 def subscription(
     settings: Settings, metadata: dict[str, str] | None
 ) -> tuple[str | None, str | None]:
     """The webhook URL and events of a new batch: ``metadata["webhook_url"]`` and
-    ``metadata["webhook_events"]`` (comma-separated), else the server defaults."""
+    ``metadata["webhook_events"]`` (comma-separated), else the server defaults. Raises
+    only :class:`APIError`: 400 ``invalid_value`` for a malformed URL or event list, 400
+    ``invalid_webhook_url`` for a URL whose host may not be called."""
     metadata = metadata or {}
     url = metadata.get("webhook_url") or settings.webhook_url
     if not url:
         return None, None
     raw = metadata.get("webhook_events")
+    if raw is not None and not isinstance(raw, str):
+        raise APIError(
+            "'webhook_events' must be a comma-separated string",
+            param="metadata.webhook_events",
+            code="invalid_value",
+        )
     events = [e.strip() for e in raw.split(",") if e.strip()] if raw else settings.webhook_events
     unknown = [e for e in events if e not in EVENTS]
     if unknown or not events:
@@ -87,6 +250,8 @@ def subscription(
         )
     try:
         check_url(url, settings.webhook_allow_private_urls)
+    except UrlInvalid as exc:
+        raise APIError(str(exc), param="metadata.webhook_url", code="invalid_value") from exc
     except UrlRefused as exc:
         raise APIError(str(exc), param="metadata.webhook_url", code="invalid_webhook_url") from exc
     return url, ",".join(events)
@@ -188,6 +353,41 @@ def signed_headers(secret: str, msg_id: str, payload: str, at: float) -> dict[st
 # -- the dispatcher --------------------------------------------------------------------
 
 
+def delivery_client(timeout: float) -> httpx.Client:
+    """The dispatcher's HTTP client: no redirects (a redirect could lead anywhere), and no
+    connection kept open, since connections go to pinned addresses and one address may
+    serve several host names (a TLS connection is verified for one of them only)."""
+    return httpx.Client(
+        timeout=timeout,
+        follow_redirects=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
+
+
+def post_pinned(
+    http: httpx.Client,
+    target: Target,
+    addresses: list[IPAddress],
+    content: bytes,
+    headers: dict[str, str],
+) -> httpx.Response:
+    """POST ``content`` to the first of the checked ``addresses`` that accepts a connection,
+    without resolving the host name again (no DNS rebinding between check and send). The
+    request names the host in its ``Host`` header and, over TLS, in SNI, against which the
+    server's certificate is verified."""
+    headers = {**headers, "host": target.host_header}
+    extensions = {"sni_hostname": target.host} if _ip(target.host) is None else {}
+    error: httpx.ConnectError | None = None
+    for address in addresses:
+        url = target.url.copy_with(host=str(address))
+        try:
+            return http.post(url, content=content, headers=headers, extensions=extensions)
+        except httpx.ConnectError as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
 class Dispatcher:
     """Delivers due outbox rows; one per process (``serve`` and ``worker``)."""
 
@@ -209,7 +409,7 @@ class Dispatcher:
             self._thread.join(timeout=self.settings.webhook_timeout_seconds + 5)
 
     def run(self) -> None:
-        with httpx.Client(timeout=self.settings.webhook_timeout_seconds) as http:
+        with delivery_client(self.settings.webhook_timeout_seconds) as http:
             while not self._stop.is_set():
                 try:
                     claimed = self.claim()
@@ -263,14 +463,17 @@ class Dispatcher:
 
     def _send(self, http: httpx.Client, row: WebhookDeliveryRow) -> tuple[str | None, int | None]:
         try:
-            check_url(row.url, self.settings.webhook_allow_private_urls)
-        except UrlRefused as exc:
+            target = parse_url(row.url)
+            addresses = checked_addresses(target, self.settings.webhook_allow_private_urls)
+        except (UrlInvalid, UrlRefused) as exc:
             return f"refused: {exc}", None
+        except UrlUnresolvable as exc:
+            return str(exc), None  # perhaps a passing DNS failure: retried
         secret = signing_secret(self.db, self.settings)
         headers = signed_headers(secret, row.id, row.payload, time.time())
         try:
-            response = http.post(row.url, content=row.payload.encode(), headers=headers)
-        except httpx.HTTPError as exc:
+            response = post_pinned(http, target, addresses, row.payload.encode(), headers)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return f"{type(exc).__name__}: {exc}", None
         if 200 <= response.status_code < 300:
             return None, response.status_code

@@ -2,26 +2,40 @@
 set its final status.
 
 Runs under the batch lease. File bytes are written first (under fresh ids), then one
-transaction registers the files, sets the status and drops the stored results — so a
+transaction sets the status, registers the files and drops the stored results — so a
 worker dying half-way leaves the batch to be finalized again, never half-finished.
+
+An attempt that raises removes the files it wrote, is logged on the batch (an event of kind
+``finalize_error``: the failed attempts are counted from these) and is tried again after
+2^n seconds, as a unit is after an engine failure. After ``max_attempts`` failures the
+batch ends ``failed`` (``cancelled`` if it was being cancelled: no other end is legal then)
+with a ``finalize_failed`` error in ``errors``: with its files and its webhook if that
+works, else without the webhook (its event may be what fails), else without files (the
+stored results then stay in the database).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
 
 from batch_server import ids, metrics
 from batch_server.db.session import Database
-from batch_server.db.tables import BatchRow, FileRow, ResultRow
+from batch_server.db.tables import BatchEventRow, BatchRow, FileRow, ResultRow
 from batch_server.jobs import lifecycle
 from batch_server.jobs.queue import Queue
 from batch_server.jobs.validation import iter_lines
 from batch_server.openai_types import unexecuted_line
 from batch_server.storage import FileStore
+
+log = logging.getLogger(__name__)
 
 UNEXECUTED = {
     "cancelled": (
@@ -36,72 +50,246 @@ UNEXECUTED = {
     "completed": ("internal_error", "This request has no stored result."),
 }
 
+MAX_ATTEMPTS = 3  # like engine_max_attempts (whose default it is)
+FAILURE_EVENT = "finalize_error"
 
-def finalize(db: Database, store: FileStore, queue: Queue, batch_id: str, token: str) -> str:
-    """Carry out the batch's outcome; returns the final status."""
+
+@dataclass
+class _Files:
+    """The output and error files written by one attempt, and what they hold."""
+
+    output_id: str
+    error_id: str
+    output_bytes: int = 0
+    error_bytes: int = 0
+    ok: int = 0
+    errors: int = 0
+    unexecuted: int = 0
+
+    def non_empty(self) -> Iterator[tuple[str, int, str]]:
+        """(file id, size, suffix) of each file worth keeping."""
+        for file_id, size, suffix in (
+            (self.output_id, self.output_bytes, "output"),
+            (self.error_id, self.error_bytes, "error"),
+        ):
+            if size:
+                yield file_id, size, suffix
+
+    def remove(self, store: FileStore, empty_only: bool = False) -> None:
+        for file_id, size in (
+            (self.output_id, self.output_bytes),
+            (self.error_id, self.error_bytes),
+        ):
+            if not (empty_only and size):
+                store.delete(file_id)
+
+
+def finalize(
+    db: Database,
+    store: FileStore,
+    queue: Queue,
+    batch_id: str,
+    token: str,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> str:
+    """Carry out the batch's outcome; returns its status afterwards (unchanged when this
+    attempt failed and another will follow)."""
     with db.read() as s:
         batch = lifecycle.get_batch(s, batch_id)
         assert batch is not None
     outcome = lifecycle.OUTCOME_OF_STATUS.get(batch.status) or batch.pending_outcome
     assert outcome is not None, f"batch {batch_id} has nothing to finalize"
+    try:
+        return _attempt(db, store, queue, batch, token, outcome)
+    except Exception as exc:
+        log.exception("finalization failed")
+        failures = _count_failure(db, queue, batch_id, token, exc, max_attempts)
+        if failures is None or failures < max_attempts:
+            return batch.status
+        message = f"Finalization failed {failures} times; the last error: {_describe(exc)}"
+        return _give_up(db, store, queue, batch, token, outcome, message)
+
+
+def _attempt(
+    db: Database, store: FileStore, queue: Queue, batch: BatchRow, token: str, outcome: str
+) -> str:
+    _fence_units(db, queue, batch.id, outcome)
+    files = _write_files(db, store, batch, outcome)
+    try:
+        done = _commit(db, queue, batch, token, outcome, outcome, files)
+    except BaseException:
+        files.remove(store)
+        raise
+    files.remove(store, empty_only=done)
+    return outcome if done else batch.status
+
+
+def _fence_units(db: Database, queue: Queue, batch_id: str, outcome: str) -> None:
+    """A batch ending otherwise than completed may still have units running: fence them,
+    so no result arrives after its files were written."""
     if outcome != "completed":
         with db.write() as s:
-            queue.close_units(s, batch_id)  # fence workers still running units
+            queue.close_units(s, batch_id)
 
-    out_id, err_id = ids.file_id(), ids.file_id()
-    n_ok = n_err = n_unexecuted = 0
-    with store.writer(out_id) as out, store.writer(err_id) as err:
-        for is_error, payload, executed in _merged_lines(db, store, batch, outcome):
-            (err if is_error else out).write(payload.encode() + b"\n")
-            n_err += is_error
-            n_ok += not is_error
-            n_unexecuted += not executed
-        out_bytes, err_bytes = out.tell(), err.tell()
 
-    now = int(time.time())
+def _write_files(db: Database, store: FileStore, batch: BatchRow, outcome: str) -> _Files:
+    """Write the output and error files; if that fails, neither is left behind."""
+    files = _Files(ids.file_id(), ids.file_id())
+    try:
+        with store.writer(files.output_id) as out, store.writer(files.error_id) as err:
+            for is_error, payload, executed in _merged_lines(db, store, batch, outcome):
+                (err if is_error else out).write(payload.encode() + b"\n")
+                files.errors += is_error
+                files.ok += not is_error
+                files.unexecuted += not executed
+            files.output_bytes, files.error_bytes = out.tell(), err.tell()
+    except BaseException:
+        files.remove(store)
+        raise
+    return files
+
+
+def _commit(
+    db: Database,
+    queue: Queue,
+    batch: BatchRow,
+    token: str,
+    status: str,
+    outcome: str,
+    files: _Files | None,
+    errors: list[dict[str, Any]] | None = None,
+    notify: bool = True,
+) -> bool:
+    """One transaction: release the lease, set ``status`` (with ``files`` registered and
+    the stored results dropped) and queue its webhook (none when not ``notify``). ``False``
+    when the lease or the status was no longer ours: nothing is registered then."""
     with db.write() as s:
         still_ours = s.execute(
             update(BatchRow)
-            .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
+            .where(BatchRow.id == batch.id, BatchRow.lease_token == token)
             .values(lease_token=None, lease_expires_at=None)
         ).rowcount
         if not still_ours:
-            store.delete(out_id)
-            store.delete(err_id)
-            return batch.status
-        fields: dict[str, object] = {"completed": n_ok, "failed": n_err}
-        for file_id, size, suffix in ((out_id, out_bytes, "output"), (err_id, err_bytes, "error")):
-            if size:
-                s.execute(
-                    insert(FileRow).values(
-                        id=file_id,
-                        purpose="batch_output",
-                        filename=f"{batch_id}_{suffix}.jsonl",
-                        bytes=size,
-                        created_at=now,
-                        expires_at=None,
-                        status="processed",
-                        deleted=False,
-                        owner=batch.owner,
-                    )
-                )
-                fields[f"{suffix}_file_id"] = file_id
-        if outcome == "completed" and batch.total == 0:
-            fields["total"] = 0
-        moved = lifecycle.transition(s, batch_id, outcome, **fields)
-        if moved:
-            queue.delete_results(s, batch_id)
-            if n_unexecuted:
+            return False
+        fields: dict[str, Any] = {"errors": errors} if errors else {}
+        if files is not None:
+            fields.update(completed=files.ok, failed=files.errors)
+            fields.update(
+                {f"{suffix}_file_id": file_id for file_id, _, suffix in files.non_empty()}
+            )
+        if not notify:
+            s.execute(update(BatchRow).where(BatchRow.id == batch.id).values(webhook_url=None))
+            lifecycle.log_event(s, batch.id, "webhook", "no webhook: its event could not be queued")
+        if not lifecycle.transition(s, batch.id, status, **fields):
+            return False
+        if files is not None:
+            _register(s, batch, files)
+            queue.delete_results(s, batch.id)
+            if files.unexecuted:
                 code = UNEXECUTED[outcome][0]
-                metrics.increment(s, "request_errors", {"code": code}, n_unexecuted)
-    if not moved:
-        store.delete(out_id)
-        store.delete(err_id)
-        return batch.status
-    for file_id, size in ((out_id, out_bytes), (err_id, err_bytes)):
-        if not size:
-            store.delete(file_id)
-    return outcome
+                metrics.increment(s, "request_errors", {"code": code}, files.unexecuted)
+    return True
+
+
+def _register(s: Session, batch: BatchRow, files: _Files) -> None:
+    now = int(time.time())
+    for file_id, size, suffix in files.non_empty():
+        s.execute(
+            insert(FileRow).values(
+                id=file_id,
+                purpose="batch_output",
+                filename=f"{batch.id}_{suffix}.jsonl",
+                bytes=size,
+                created_at=now,
+                expires_at=None,
+                status="processed",
+                deleted=False,
+                owner=batch.owner,
+            )
+        )
+
+
+def _count_failure(
+    db: Database, queue: Queue, batch_id: str, token: str, exc: Exception, max_attempts: int
+) -> int | None:
+    """Log a failed attempt on the batch; returns how many attempts have failed (``None``
+    if the lease is no longer ours). Until the next attempt is due, the batch stays leased
+    to nobody; after the last one the lease stays ours, to end the batch."""
+    now = time.time()
+    with db.write() as s:
+        failures = (
+            1
+            + s.execute(
+                select(func.count())
+                .select_from(BatchEventRow)
+                .where(BatchEventRow.batch_id == batch_id, BatchEventRow.kind == FAILURE_EVENT)
+            ).scalar_one()
+        )
+        retry = failures < max_attempts
+        delay = min(2.0**failures, 300.0)
+        ours = s.execute(
+            update(BatchRow)
+            .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
+            .values(
+                lease_token=ids.token() if retry else token,
+                lease_expires_at=now + (delay if retry else queue.lease_seconds),
+            )
+        ).rowcount
+        if not ours:
+            return None
+        then = f"next attempt in {delay:.0f} s" if retry else "giving up"
+        lifecycle.log_event(
+            s,
+            batch_id,
+            FAILURE_EVENT,
+            f"finalization attempt {failures} of {max_attempts} failed ({then}): {_describe(exc)}",
+        )
+    return failures
+
+
+def _give_up(
+    db: Database,
+    store: FileStore,
+    queue: Queue,
+    batch: BatchRow,
+    token: str,
+    outcome: str,
+    message: str,
+) -> str:
+    """End the batch after its last failed attempt, keeping what can be kept."""
+    status = "failed" if batch.status in lifecycle.TRANSITIONS["failed"] else outcome
+    error = {"code": "finalize_failed", "line": None, "param": None, "message": message}
+    errors = [*(batch.errors or []), error]
+    files: _Files | None = None
+    try:
+        _fence_units(db, queue, batch.id, outcome)
+        files = _write_files(db, store, batch, outcome)
+    except Exception:
+        log.exception("ending the batch without output and error files")
+    ways = [(files, True), (files, False)] if files else []
+    for kept, notify in [*ways, (None, True), (None, False)]:
+        try:
+            done = _commit(db, queue, batch, token, status, outcome, kept, errors, notify)
+        except Exception:
+            log.exception(
+                "could not end the batch (%s files, %s webhook)",
+                "with" if kept else "without",
+                "with" if notify else "without",
+            )
+            continue
+        if files is not None:
+            files.remove(store, empty_only=done and kept is files)
+        return status if done else batch.status
+    if files is not None:
+        files.remove(store)
+    return batch.status
+
+
+def _describe(exc: BaseException) -> str:
+    """The first line of an error (a database error goes on with its SQL and parameters),
+    safe to store."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def _merged_lines(
