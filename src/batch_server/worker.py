@@ -196,7 +196,14 @@ class Worker:
                     if status == "in_progress":
                         self.wake.notify()  # its units are ready for every worker
                 else:
-                    finalize(self.db, self.store, self.queue, batch_id, token)
+                    finalize(
+                        self.db,
+                        self.store,
+                        self.queue,
+                        batch_id,
+                        token,
+                        max_attempts=self.settings.engine_max_attempts,
+                    )
         finally:
             self._set_state(*state)
         return True
