@@ -17,7 +17,7 @@ from starlette.datastructures import FormData, UploadFile
 from batch_server import ids, limits, webhooks
 from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, check_limit, paginate
-from batch_server.api.files import creation_limits, get_file, store_upload
+from batch_server.api.files import creation_limits, get_file, lock_live_file, store_upload
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
@@ -130,6 +130,8 @@ def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> dict[str, 
         webhook_events=hook_events,
     )
     with ctx.db.write() as s:
+        if not lock_live_file(s, source.id):  # deleted meanwhile
+            raise NotFound("file", source.id, param="file_id")
         s.add(row)
         s.flush()
         lifecycle.log_event(s, row.id, "status", "created; status → validating")
