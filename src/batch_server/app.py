@@ -17,6 +17,7 @@ from batch_server import web
 from batch_server.api import admin, auth, batches, files, health, history, models, queue
 from batch_server.api import metrics as metrics_api
 from batch_server.api import webhooks as webhooks_api
+from batch_server.api.deps import invalid_parameter
 from batch_server.app_context import AppContext
 from batch_server.config import Settings
 from batch_server.errors import APIError, error_body
@@ -83,11 +84,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"][1:]) or None
-        return JSONResponse(
-            error_body(f"{param}: {err['msg']}", param=param, code="invalid_value"), status_code=422
-        )
+        # loc[0] is where the value came from: "query", "path" or "body"
+        error = invalid_parameter(exc.errors()[0], skip=1, type_status=422)
+        return JSONResponse(error.body(), status_code=error.status_code)
 
     @app.exception_handler(HTTPException)
     async def _http(_req: Request, exc: HTTPException) -> JSONResponse:

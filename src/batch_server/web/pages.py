@@ -27,7 +27,7 @@ from batch_server.api.auth import (
     principal,
 )
 from batch_server.api.batches import create_from_form, dry_run, load
-from batch_server.api.deps import Ctx
+from batch_server.api.deps import Ctx, Offset
 from batch_server.api.health import gpu_status, version
 from batch_server.api.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
 from batch_server.api.queue import snapshot
@@ -196,9 +196,8 @@ def _date(value: str, param: str, end_of_day: bool = False) -> int | None:
 
 
 @router.get("/ui/batches/{batch_id}")
-def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: int = 0) -> HTMLResponse:
+def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: Offset = 0) -> HTMLResponse:
     row = load(ctx, batch_id, OPEN)
-    offset = max(offset, 0)
     with ctx.db.read() as s:
         rate = estimates.batch_rates(s, [batch_id]).get(batch_id)
         events = list(
