@@ -18,6 +18,7 @@ from batch_server import ids, limits, webhooks
 from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, Offset, check_limit, invalid_parameter, paginate
 from batch_server.api.files import creation_limits, get_file, lock_live_file, store_upload
+from batch_server.api.guards import check_json
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
@@ -220,7 +221,7 @@ async def create_from_form(ctx: AppContext, form: FormData, who: Principal) -> d
             "input_file_id": "pending",
             "endpoint": form_text(form, "endpoint") or "/v1/chat/completions",
             "completion_window": form_text(form, "completion_window") or "24h",
-            "metadata": metadata,
+            "metadata": check_json(metadata, "metadata"),
             "model": form_text(form, "model"),
             "priority": form_text(form, "priority"),
         }

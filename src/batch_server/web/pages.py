@@ -91,7 +91,11 @@ templates.env.filters["duration"] = _duration
 
 
 def render(request: Request, name: str, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context)
+    try:
+        return templates.TemplateResponse(request, name, context)
+    except UnicodeEncodeError:  # a lone surrogate read from an input file: show U+FFFD
+        html = templates.get_template(name).render({"request": request, **context})
+        return HTMLResponse(html.encode("utf-8", "replace"))
 
 
 @router.get("/")
@@ -354,7 +358,7 @@ async def login(request: Request, ctx: Ctx) -> Response:
         response.status_code = 401 if row is None else 403
         return response
     response = RedirectResponse(target, status_code=303)
-    https = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+    https = request.url.scheme == "https"  # a trusted proxy's X-Forwarded-Proto counts
     response.set_cookie(SESSION_COOKIE, key, httponly=True, samesite="lax", secure=https, path="/")
     return response
 
