@@ -262,6 +262,16 @@ def test_forwarded_headers_honoured_from_a_trusted_proxy(
         assert _error(cancel, 404)["code"] == "not_found"  # past the cross-site guard
         time.sleep(0.5)
         assert '203.0.113.7:0 - "GET /v1/batches HTTP/1.1" 200' in c.server.output()
+        # X-Forwarded-Proto: https makes the login cookie Secure
+        key = c.cli("keys", "create", "root", "--admin").strip().splitlines()[-1]
+        for proto, secure in (("https", True), ("http", False)):
+            login = c.http.post(
+                "/ui/login",
+                data={"key": key},
+                headers=proxied | {"X-Forwarded-Proto": proto},
+            )
+            assert login.status_code == 303, login.text
+            assert ("secure" in login.headers["set-cookie"].lower()) is secure
     finally:
         c.close()
 
