@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
@@ -17,6 +16,9 @@ from batch_server import web
 from batch_server.api import admin, auth, batches, files, health, history, models, queue
 from batch_server.api import metrics as metrics_api
 from batch_server.api import webhooks as webhooks_api
+from batch_server.api.deps import invalid_parameter
+from batch_server.api.guards import EdgeGuard, JSONResponse
+from batch_server.api.uploads import STREAMED_UPLOADS
 from batch_server.app_context import AppContext
 from batch_server.config import Settings
 from batch_server.errors import APIError, error_body
@@ -54,7 +56,12 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
             dispatcher.stop()
             ctx.db.dispose()
 
-    app = FastAPI(title="vLLM Batch Server", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="vLLM Batch Server",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
     app.state.ctx = ctx
     app.state.registry = CollectorRegistry()
     app.state.registry.register(DatabaseCollector(ctx.db))
@@ -70,7 +77,8 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         history,
     ):
         app.include_router(module.router)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)
+    app.add_middleware(RequestContextMiddleware)  # outermost: the guard's answers get ids
     web.install(app)
     _install_error_handlers(app)
     return app
@@ -83,11 +91,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"][1:]) or None
-        return JSONResponse(
-            error_body(f"{param}: {err['msg']}", param=param, code="invalid_value"), status_code=422
-        )
+        # loc[0] is where the value came from: "query", "path" or "body"
+        error = invalid_parameter(exc.errors()[0], skip=1, type_status=422)
+        return JSONResponse(error.body(), status_code=error.status_code)
 
     @app.exception_handler(HTTPException)
     async def _http(_req: Request, exc: HTTPException) -> JSONResponse:

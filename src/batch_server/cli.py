@@ -85,6 +85,7 @@ def serve(
         port=settings.port,
         log_level=log_level,
         log_config=None,  # keep the handlers of logs.setup (batch and request ids)
+        proxy_headers=False,  # X-Forwarded-*: only from trusted_proxies (api/guards.py)
         timeout_graceful_shutdown=10,
     )
 

@@ -7,12 +7,19 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
+import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 EngineName = Literal["llamacpp", "vllm", "openai"]
 
@@ -20,6 +27,10 @@ DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 VLLM_MODEL_ID = "smollm2-135m-instruct-vllm"
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
 TEXT_ENDPOINTS = ["/v1/chat/completions", "/v1/completions"]
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# A list setting read from the environment as JSON or as comma-separated values.
+NameList = Annotated[list[str], NoDecode]
 
 
 class ModelNotAvailable(RuntimeError):
@@ -203,6 +214,21 @@ class Settings(BaseSettings):
         default=False,
         description="Serve without API keys even when listening beyond loopback",
     )
+    allowed_hosts: NameList | None = Field(
+        default=None,
+        description="Host names an open server (no API keys) answers to; '*': any. "
+        "Default: localhost, 127.0.0.1, [::1] and `host` when it is a specific address",
+    )
+    trusted_proxies: NameList = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For, "
+        "-Proto and -Host headers are honoured; from anyone else they are dropped",
+    )
+    max_json_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest request body other than a multipart upload (413 above it)",
+    )
     max_queued_requests: int | None = Field(
         default=None, description="Unfinished requests one key may have queued"
     )
@@ -239,6 +265,36 @@ class Settings(BaseSettings):
 
     # -- logs ----------------------------------------------------------------------------
     log_json: bool = Field(default=False, description="One JSON object per log line")
+
+    @field_validator("allowed_hosts", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        """``"a, b"`` (an environment variable) or ``'["a", "b"]'`` → ``["a", "b"]``."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [x.strip() for x in text.split(",") if x.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        """The names an open server answers to (see ``allowed_hosts``)."""
+        if self.allowed_hosts is not None:
+            return tuple(self.allowed_hosts)
+        specific = self.host not in ("", "0.0.0.0", "::", "[::]")
+        return LOOPBACK_HOSTS + ((self.host,) if specific else ())
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(x, strict=False) for x in self.trusted_proxies)
 
     @model_validator(mode="after")
     def _check_default_model(self) -> Settings:

@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select, union
 from sqlalchemy.orm import Session
 
 from batch_server.config import Settings
@@ -88,20 +88,13 @@ class TooManyRequests(APIError):
 
 
 def check_creation_rate(s: Session, owner: str | None, per_minute: int | None) -> None:
-    """Refuse (429) a creation call when ``owner`` uploaded files or created batches
-    ``per_minute`` times in the last 60 seconds. Counted in the database, so every API
-    replica enforces the same limit."""
+    """Refuse (429) a creation call when ``owner`` uploaded files (any purpose) or created
+    batches ``per_minute`` times in the last 60 seconds. Counted in the database, so every
+    API replica enforces the same limit."""
     if per_minute is None:
         return
     since = int(time.time()) - 60
-    recent: list[int] = []
-    for model, extra in ((FileRow, FileRow.purpose != "batch_output"), (BatchRow, True)):
-        mine = model.owner.is_(None) if owner is None else model.owner == owner
-        recent += (
-            s.execute(select(model.created_at).where(mine, extra, model.created_at > since))
-            .scalars()
-            .all()
-        )
+    recent = [*_recent_uploads(s, owner, since), *_recent_batches(s, owner, since)]
     if len(recent) >= per_minute:
         wait = max(1, min(recent) + 61 - int(time.time()))
         raise TooManyRequests(
@@ -109,3 +102,32 @@ def check_creation_rate(s: Session, owner: str | None, per_minute: int | None) -
             f"for this key. Try again in {wait} s.",
             code="rate_limit_exceeded",
         )
+
+
+def _owned_by(model: Any, owner: str | None) -> ColumnElement[bool]:
+    return model.owner.is_(None) if owner is None else model.owner == owner
+
+
+def _recent_uploads(s: Session, owner: str | None, since: int) -> list[int]:
+    """Creation times of the owner's uploads since ``since``: its files, whatever their
+    purpose, except the output and error files the server wrote for its batches."""
+    produced = union(
+        *(
+            select(column).where(_owned_by(BatchRow, owner), column.is_not(None))
+            for column in (BatchRow.output_file_id, BatchRow.error_file_id)
+        )
+    )
+    query = select(FileRow.created_at).where(
+        _owned_by(FileRow, owner),
+        FileRow.created_at > since,
+        # Produced files have purpose batch_output: only those need the look-up.
+        or_(FileRow.purpose != "batch_output", FileRow.id.not_in(produced)),
+    )
+    return list(s.execute(query).scalars())
+
+
+def _recent_batches(s: Session, owner: str | None, since: int) -> list[int]:
+    query = select(BatchRow.created_at).where(
+        _owned_by(BatchRow, owner), BatchRow.created_at > since
+    )
+    return list(s.execute(query).scalars())

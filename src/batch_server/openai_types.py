@@ -3,7 +3,7 @@ request bodies the API accepts."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,23 @@ COMPLETION_WINDOWS = {"24h": 24 * 3600}
 FILE_PURPOSES = ("batch", "batch_output", "fine-tune", "assistants", "user_data", "evals")
 
 
+# Batch priorities (an extension): higher runs first.
+PRIORITY_MIN, PRIORITY_MAX = -1_000_000, 1_000_000
+Priority = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
+# The longest completion window (an extension: OpenAI accepts only "24h").
+MAX_COMPLETION_WINDOW_SECONDS = 30 * 86400
+
+
+class OutputExpiresAfter(BaseModel):
+    """When the output and error files expire, as OpenAI accepts it: 1 hour to 30 days
+    after the batch's creation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: Annotated[int, Field(strict=True, ge=3600, le=30 * 86400)]
+
+
 class CreateBatchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -21,10 +38,18 @@ class CreateBatchBody(BaseModel):
     endpoint: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = Field(default=None)
+    output_expires_after: OutputExpiresAfter | None = None
     # Extensions (the SDK sends them with extra_body=...):
     model: str | None = None
-    priority: int | None = None
-    output_expires_after: dict[str, Any] | None = None
+    priority: Priority | None = None
+
+
+class PriorityBody(BaseModel):
+    """``POST /v1/batches/{id}/priority`` (an extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Priority
 
 
 def file_object(row: FileRow) -> dict[str, Any]:

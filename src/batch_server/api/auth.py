@@ -11,11 +11,17 @@ another site: with the cookie it must name this server in ``Origin`` or ``Refere
 an open server (no keys) one that names another site is refused, so a web page cannot
 make a visitor's browser submit or cancel batches on a local server. Clients that send
 neither header (curl, the SDKs) are not browsers and are not affected.
+
+An open server also answers only to its own names (``allowed_hosts``): a site whose name
+was made to resolve to this machine (DNS rebinding) would otherwise be "this server" for
+the browser, Origin and all. ``Host`` is the one a trusted proxy forwarded, if any (the
+edge guard, api/guards.py, drops forwarded headers from anyone else).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -28,6 +34,8 @@ from batch_server.api.deps import Ctx
 from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.errors import APIError
+
+log = logging.getLogger(__name__)
 
 
 class Unauthorized(APIError):
@@ -82,13 +90,36 @@ def request_source(request: Request) -> str | None:
 
 
 def same_origin(request: Request) -> bool:
-    """Whether the request comes from a page of this server; the host may be the one a
-    reverse proxy forwarded."""
+    """Whether the request comes from a page of this server."""
     source = request_source(request)
-    if not source:
-        return False
-    ours = {request.headers.get("host"), request.headers.get("x-forwarded-host")} - {None}
-    return urlsplit(source).netloc in ours
+    return bool(source) and urlsplit(source).netloc == request.headers.get("host")
+
+
+def host_name(value: str) -> str | None:
+    """The name in a ``Host`` value or an ``allowed_hosts`` entry, lower case, without
+    port or brackets (``"[::1]:4080"`` and ``"::1"`` → ``"::1"``); None if unparsable."""
+    value = value.strip()
+    if value.count(":") > 1 and not value.startswith("["):
+        value = f"[{value}]"  # a bare IPv6 address
+    try:
+        name = urlsplit(f"//{value}").hostname
+    except ValueError:
+        return None
+    return name.rstrip(".") if name else None
+
+
+def check_host(request: Request, settings: Settings) -> None:
+    """Refuse a request whose ``Host`` is not one of ``settings.host_names`` (``*``: any).
+    A request without ``Host`` (HTTP/1.0) comes from no browser and passes."""
+    host = request.headers.get("host")
+    names = settings.host_names
+    if host is None or "*" in names or host_name(host) in {host_name(n) for n in names} - {None}:
+        return
+    raise APIError(
+        f"This server does not answer to the host name in 'Host: {host}'. Add it to "
+        "allowed_hosts (BATCH_SERVER_ALLOWED_HOSTS), or create API keys.",
+        code="host_not_allowed",
+    )
 
 
 def check_not_cross_site(request: Request, require_origin: bool) -> None:
@@ -114,6 +145,7 @@ def principal(request: Request, ctx: Ctx) -> Principal:
                 check_not_cross_site(request, require_origin=True)
             return Principal(key_id=row.id, admin=row.admin, name=row.name)
     if not keys.any_active(ctx.db):
+        check_host(request, ctx.settings)
         if bearer is None:
             check_not_cross_site(request, require_origin=False)
         return OPEN
@@ -149,7 +181,16 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(settings: Settings, db: Database) -> None:
-    if is_loopback(settings.host) or settings.allow_open or keys.any_active(db):
+    if is_loopback(settings.host) or keys.any_active(db):
+        return
+    if settings.allow_open:
+        if settings.allowed_hosts is None:
+            log.warning(
+                "Open server on %s answers only to the host names %s; list the names "
+                "clients use in allowed_hosts (or '*').",
+                settings.host,
+                ", ".join(settings.host_names),
+            )
         return
     raise UnsafeExposure(
         f"Refusing to listen on {settings.host} without API keys: anyone who can reach it "

@@ -9,15 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from batch_server import ids, limits, webhooks
 from batch_server.api.auth import Auth, Principal
-from batch_server.api.deps import Ctx, check_limit, paginate
-from batch_server.api.files import creation_limits, get_file, store_upload
+from batch_server.api.deps import Ctx, Offset, check_limit, invalid_parameter, paginate
+from batch_server.api.files import creation_limits, get_file, lock_live_file, store_upload
+from batch_server.api.guards import check_json
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
@@ -26,29 +27,61 @@ from batch_server.jobs import lifecycle, reports
 from batch_server.jobs.queue import set_priority
 from batch_server.jobs.validation import validate
 from batch_server.openai_types import (
+    MAX_COMPLETION_WINDOW_SECONDS,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     SUPPORTED_ENDPOINTS,
     CreateBatchBody,
+    Priority,
+    PriorityBody,
     batch_object,
     list_object,
 )
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
-_WINDOW = re.compile(r"^(\d+)([smhd])$")
+_WINDOW = re.compile(r"^(\d{1,9})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PRIORITY = TypeAdapter(Priority)
 
 
 def window_seconds(window: str) -> int:
-    """OpenAI accepts "24h"; other durations ("90m", "30s", "7d") are an extension."""
+    """OpenAI accepts "24h"; other durations ("90m", "30s", "7d") up to 30 days are an
+    extension."""
     match = _WINDOW.match(window)
     seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0
-    if seconds <= 0:
+    if not 0 < seconds <= MAX_COMPLETION_WINDOW_SECONDS:
         raise APIError(
-            f"Invalid completion_window '{window}'; use '24h' (or a duration like '90m')",
+            f"Invalid completion_window '{window}'; use '24h' (or a duration like '90m', "
+            f"at most {MAX_COMPLETION_WINDOW_SECONDS // 86400} days)",
             param="completion_window",
             code="invalid_value",
         )
     return seconds
+
+
+def parse_create_body(payload: Any) -> CreateBatchBody:
+    """The create call's parameters (JSON body or form fields), or OpenAI's 400."""
+    try:
+        return CreateBatchBody.model_validate(payload)
+    except ValidationError as exc:
+        raise invalid_parameter(exc.errors()[0]) from exc
+
+
+def batch_priority(body: CreateBatchBody, metadata: dict[str, str] | None) -> int:
+    """``priority``, else ``metadata["priority"]``, else 0; within the same bounds."""
+    if body.priority is not None:
+        return body.priority
+    if not metadata or "priority" not in metadata:
+        return 0
+    try:
+        return _PRIORITY.validate_python(int(metadata["priority"]))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise APIError(
+            f"metadata 'priority' must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}",
+            param="metadata",
+            code="invalid_value",
+        ) from exc
 
 
 def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
@@ -83,12 +116,7 @@ def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> dict[str, 
         model = ctx.settings.model_aliases().get(body.model)
         if model is None:
             raise NotFound("model", body.model, param="model")
-    priority = body.priority
-    if priority is None and metadata and "priority" in metadata:
-        try:
-            priority = int(metadata["priority"])
-        except ValueError as exc:
-            raise APIError("metadata 'priority' must be an integer", param="metadata") from exc
+    priority = batch_priority(body, metadata)
     hook_url, hook_events = webhooks.subscription(ctx.settings, metadata)
     source = get_file(ctx, body.input_file_id, who)
     if source.purpose != "batch":
@@ -116,7 +144,7 @@ def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> dict[str, 
         completion_window=body.completion_window,
         model=model,
         metadata_=metadata,
-        priority=priority or 0,
+        priority=priority,
         created_at=now,
         expires_at=now + window,
         total=0,
@@ -130,6 +158,8 @@ def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> dict[str, 
         webhook_events=hook_events,
     )
     with ctx.db.write() as s:
+        if not lock_live_file(s, source.id):  # deleted meanwhile
+            raise NotFound("file", source.id, param="file_id")
         s.add(row)
         s.flush()
         lifecycle.log_event(s, row.id, "status", "created; status → validating")
@@ -165,14 +195,7 @@ async def create_batch(request: Request, ctx: Ctx, who: Auth) -> dict:
             "The request body is not valid UTF-8 JSON (or is nested too deeply)",
             code="invalid_json",
         ) from exc
-    try:
-        body = CreateBatchBody.model_validate(payload)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        code = "missing_required_parameter" if err["type"] == "missing" else "invalid_value"
-        raise APIError(f"{param}: {err['msg']}", param=param, code=code) from exc
-    return create(ctx, body, who)
+    return create(ctx, parse_create_body(payload), who)
 
 
 async def _create_from_upload(
@@ -193,18 +216,16 @@ async def create_from_form(ctx: AppContext, form: FormData, who: Principal) -> d
         metadata = json.loads(metadata_raw) if metadata_raw else None
     except (ValueError, RecursionError) as exc:
         raise APIError("'metadata' must be a JSON object", param="metadata") from exc
-    priority = form_text(form, "priority")
-    try:
-        body = CreateBatchBody(
-            input_file_id="pending",
-            endpoint=form_text(form, "endpoint") or "/v1/chat/completions",
-            completion_window=form_text(form, "completion_window") or "24h",
-            metadata=metadata,
-            model=form_text(form, "model"),
-            priority=int(priority) if priority else None,
-        )
-    except (ValidationError, ValueError) as exc:
-        raise APIError(f"Invalid form field: {exc}", code="invalid_value") from exc
+    body = parse_create_body(
+        {
+            "input_file_id": "pending",
+            "endpoint": form_text(form, "endpoint") or "/v1/chat/completions",
+            "completion_window": form_text(form, "completion_window") or "24h",
+            "metadata": check_json(metadata, "metadata"),
+            "model": form_text(form, "model"),
+            "priority": form_text(form, "priority"),
+        }
+    )
     upload = form_file(form)
     stored = await store_upload(ctx, upload, "batch", who)
     return create(ctx, body.model_copy(update={"input_file_id": stored.id}), who)
@@ -308,8 +329,6 @@ def _offset_page(
     read: Callable,
 ) -> tuple[BatchRow, dict]:
     check_limit(limit, maximum)
-    if offset < 0:
-        raise APIError("'offset' must be 0 or more", param="offset", code="invalid_value")
     row = load(ctx, batch_id, who)
     data, more = read(ctx.db, ctx.store, row, offset, limit)
     page = {"object": "list", "batch_id": batch_id, "data": data, "has_more": more}
@@ -318,7 +337,7 @@ def _offset_page(
 
 @router.get("/{batch_id}/failed")
 def failed_requests(
-    batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(100), offset: int = Query(0)
+    batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(100), offset: Offset = 0
 ) -> dict:
     """The batch's failed requests with their errors (from the results while it runs, from
     its error file once finalized); validation errors are in the batch's ``errors``."""
@@ -328,15 +347,10 @@ def failed_requests(
 
 @router.get("/{batch_id}/requests")
 def request_pairs(
-    batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(20), offset: int = Query(0)
+    batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(20), offset: Offset = 0
 ) -> dict:
     """Input requests next to their responses or errors, in input order."""
     return _offset_page(ctx, who, batch_id, offset, limit, 200, reports.request_pairs)[1]
-
-
-class PriorityBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    priority: int
 
 
 @router.post("/{batch_id}/priority")

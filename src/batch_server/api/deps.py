@@ -1,10 +1,11 @@
-"""Shared request helpers: the application context and list pagination."""
+"""Shared request helpers: the application context, parameter errors and list pagination."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,47 @@ def context(request: Request) -> AppContext:
 
 
 Ctx = Annotated[AppContext, Depends(context)]
+
+
+# Bounds of integer query parameters: request offsets index 32-bit database columns;
+# times are Unix seconds up to the end of year 9999.
+MAX_OFFSET = 2**31 - 1
+MAX_TIMESTAMP = 253_402_300_799
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+Timestamp = Annotated[int | None, Query(ge=0, le=MAX_TIMESTAMP)]
+
+# Pydantic error types of a value outside its bounds (too large, too long, not one of the
+# allowed values): a 400, as OpenAI answers. A value of the wrong type in a query or path
+# parameter stays FastAPI's 422.
+OUT_OF_RANGE = frozenset(
+    {
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "multiple_of",
+        "string_too_short",
+        "string_too_long",
+        "too_short",
+        "too_long",
+        "literal_error",
+        "enum",
+    }
+)
+
+
+def invalid_parameter(err: Mapping[str, Any], skip: int = 0, type_status: int = 400) -> APIError:
+    """OpenAI's error for one pydantic error: ``param`` is the top-level parameter, the
+    message names the full path (``output_expires_after.seconds: …``). ``skip`` drops the
+    leading parts of the location (FastAPI's "query", "path", "body")."""
+    loc = [str(p) for p in err["loc"][skip:]] if err["type"] != "json_invalid" else []
+    path = ".".join(loc)
+    return APIError(
+        f"{path}: {err['msg']}" if path else str(err["msg"]),
+        param=loc[0] if loc else None,
+        code="missing_required_parameter" if err["type"] == "missing" else "invalid_value",
+        status_code=400 if err["type"] in OUT_OF_RANGE else type_status,
+    )
 
 
 def check_limit(limit: int, maximum: int) -> int:

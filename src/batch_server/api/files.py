@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 import time
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -70,6 +72,25 @@ def get_file(ctx: AppContext, file_id: str, who: Principal) -> FileRow:
     return row
 
 
+def lock_live_file(s: Session, file_id: str) -> bool:
+    """Whether the file is live, its row locked until ``s``'s write transaction ends: a
+    batch created from the file and the file's deletion check and write under this lock,
+    so they cannot both succeed (``FOR UPDATE`` on PostgreSQL; SQLite renders none, its
+    write transactions hold the database's write lock, see ``Database.write``)."""
+    query = select(FileRow.id).where(FileRow.id == file_id, FileRow.deleted.is_(False))
+    return s.execute(query.with_for_update()).scalar() is not None
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the name as RFC 6266 wants it: an ASCII fallback and the
+    UTF-8 name percent-encoded (RFC 5987), since header values are Latin-1 bytes."""
+    fallback = filename.encode("ascii", "replace").decode().replace("?", "_")
+    fallback = fallback.replace("\\", "_").replace('"', "_")
+    if fallback == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 def creation_limits(ctx: AppContext, who: Principal) -> limits.Limits:
     """The caller's limits, once its creation rate allows one more creation."""
     with ctx.db.read() as s:
@@ -124,7 +145,7 @@ def file_content(file_id: str, ctx: Ctx, who: Auth) -> StreamingResponse:
         media_type="application/octet-stream",
         headers={
             "Content-Length": str(row.bytes),
-            "Content-Disposition": f'attachment; filename="{row.filename}"',
+            "Content-Disposition": content_disposition(row.filename),
         },
     )
 
@@ -133,6 +154,8 @@ def file_content(file_id: str, ctx: Ctx, who: Auth) -> StreamingResponse:
 def delete_file(file_id: str, ctx: Ctx, who: Auth) -> dict:
     row = get_file(ctx, file_id, who)
     with ctx.db.write() as s:
+        if not lock_live_file(s, file_id):  # deleted meanwhile
+            raise NotFound("file", file_id, param="file_id")
         in_use = s.execute(
             select(BatchRow.id)
             .where(BatchRow.input_file_id == file_id, BatchRow.status.in_(LIVE))

@@ -10,7 +10,7 @@ from sqlalchemy import String, cast, or_, select
 
 from batch_server import estimates
 from batch_server.api.auth import OPEN, Auth, Principal
-from batch_server.api.deps import Ctx, check_limit, paginate
+from batch_server.api.deps import Ctx, Timestamp, check_limit, paginate
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow
 from batch_server.errors import APIError
@@ -117,8 +117,8 @@ def history(
     who: Auth,
     status: str | None = None,
     model: str | None = None,
-    since: int | None = Query(None, description="created at or after (Unix seconds)"),
-    until: int | None = Query(None, description="created before (Unix seconds)"),
+    since: Timestamp = None,  # created at or after (Unix seconds)
+    until: Timestamp = None,  # created before
     q: str | None = Query(None, description="substring of the batch id or its metadata"),
     limit: int = Query(20),
     after: str | None = None,

@@ -9,15 +9,24 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from batch_server.api.guards import check_text
 from batch_server.errors import APIError, PayloadTooLarge
 
 # multipart framing around the file: boundaries, headers of the parts, small fields
 _OVERHEAD = 64 * 1024
 
+# The routes whose multipart bodies read_form streams to disk under the upload limit. The
+# edge guard (api/guards.py) reads every other body whole, up to max_json_body_bytes.
+STREAMED_UPLOADS = frozenset(
+    {"/v1/files", "/v1/batches", "/v1/batches/validate", "/ui/submit", "/ui/submit/check"}
+)
+
 
 async def read_form(request: Request, limit: int) -> FormData:
     """Parse a multipart body; file parts spool to disk (never whole in memory) and the
-    upload is refused with 413 as soon as it exceeds ``limit`` bytes."""
+    upload is refused with 413 as soon as it exceeds ``limit`` bytes. Text fields and
+    file names holding a lone surrogate (a ``charset=utf-7`` part can decode to one) or,
+    in fields, a NUL are refused with 400."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise APIError(
@@ -40,10 +49,19 @@ async def read_form(request: Request, limit: int) -> FormData:
         form = await parser.parse()
     except MultiPartException as exc:
         raise APIError(f"Malformed multipart body: {exc}", code="invalid_multipart") from exc
-    for value in form.values():
-        if isinstance(value, UploadFile) and value.size is not None and value.size > limit:
-            await form.close()
-            raise PayloadTooLarge(limit)
+    try:
+        for name, value in form.multi_items():
+            check_text(name, None, "A form field's name")
+            if isinstance(value, str):
+                check_text(value, name)
+                continue
+            # safe_filename replaces NULs
+            check_text(value.filename or "", name, f"The file name of '{name}'", nul_ok=True)
+            if value.size is not None and value.size > limit:
+                raise PayloadTooLarge(limit)
+    except APIError:
+        await form.close()
+        raise
     return form
 
 

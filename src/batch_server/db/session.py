@@ -41,7 +41,14 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A transaction that commits on success and rolls back on error."""
+        """A transaction that commits on success and rolls back on error.
+
+        A check that a write depends on (the input file is not deleted, the file is not
+        the input of a live batch) must read its rows inside this transaction with
+        ``.with_for_update()``: PostgreSQL then locks them until the commit, and SQLite,
+        where SQLAlchemy renders no ``FOR UPDATE``, already serializes every ``write()``
+        with ``BEGIN IMMEDIATE``. Either way, two such transactions cannot both pass the
+        check against the other's write."""
         with self._write() as session, session.begin():
             yield session
 

@@ -32,6 +32,8 @@ from batch_server.jobs.validation import iter_lines
 from batch_server.storage import FileStore
 
 WORKER_FRESH_SECONDS = 15.0
+# A first line's max_tokens above this counts as this much in a waiting batch's ETA.
+MAX_TOKENS_SEEN = 1_000_000
 
 
 def workers(
@@ -145,12 +147,13 @@ def _peek(store: FileStore, file_id: str) -> tuple[int | None, str | None, int |
     try:
         with store.open(file_id) as fh:
             for line in iter_lines(fh):
-                if count == 0:
-                    with suppress(ValueError, AttributeError, TypeError):
+                if count == 0:  # any line: validation has not judged it yet
+                    with suppress(ValueError, AttributeError, TypeError, OverflowError):
                         body = json.loads(line.raw).get("body", {})
                         model = body.get("model")
+                        model = model if isinstance(model, str) else None
                         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-                        max_tokens = int(limit) if limit else None
+                        max_tokens = min(int(limit), MAX_TOKENS_SEEN) if limit else None
                 count += 1
     except FileNotFoundError:
         return None, None, None
@@ -248,17 +251,20 @@ def request_pairs(
     more, page = len(page) > limit, page[:limit]
     items: list[dict[str, Any]] = []
     for i, line in enumerate(page):
+        # The input may hold any line (a failed batch's too): not JSON, not an object, a
+        # custom_id that is not a string, no body. Show it as it is.
         try:
             obj = json.loads(line.raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
         if not isinstance(obj, dict):
             obj = {"raw": line.raw.decode(errors="replace")}
+        custom_id = obj.get("custom_id")
         items.append(
             {
                 "index": offset + i,
                 "line": line.line_no,
-                "custom_id": obj.get("custom_id"),
+                "custom_id": custom_id if isinstance(custom_id, str) else None,
                 "request": obj.get("body", obj),
                 "status_code": None,
                 "response": None,
@@ -298,7 +304,7 @@ def _results_for(
         if found or _reload(db, batch.id).status in LIVE:
             return {f["custom_id"]: f for f in found}
         batch = _reload(db, batch.id)
-    wanted = {item["custom_id"] for item in items}
+    wanted = {item["custom_id"] for item in items} - {None}
     out: dict[str, dict[str, Any]] = {}
     for file_id in (batch.output_file_id, batch.error_file_id):
         if file_id is None:

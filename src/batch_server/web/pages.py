@@ -27,7 +27,7 @@ from batch_server.api.auth import (
     principal,
 )
 from batch_server.api.batches import create_from_form, dry_run, load
-from batch_server.api.deps import Ctx
+from batch_server.api.deps import Ctx, Offset
 from batch_server.api.health import gpu_status, version
 from batch_server.api.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
 from batch_server.api.queue import snapshot
@@ -91,7 +91,11 @@ templates.env.filters["duration"] = _duration
 
 
 def render(request: Request, name: str, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context)
+    try:
+        return templates.TemplateResponse(request, name, context)
+    except UnicodeEncodeError:  # a lone surrogate read from an input file: show U+FFFD
+        html = templates.get_template(name).render({"request": request, **context})
+        return HTMLResponse(html.encode("utf-8", "replace"))
 
 
 @router.get("/")
@@ -196,9 +200,8 @@ def _date(value: str, param: str, end_of_day: bool = False) -> int | None:
 
 
 @router.get("/ui/batches/{batch_id}")
-def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: int = 0) -> HTMLResponse:
+def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: Offset = 0) -> HTMLResponse:
     row = load(ctx, batch_id, OPEN)
-    offset = max(offset, 0)
     with ctx.db.read() as s:
         rate = estimates.batch_rates(s, [batch_id]).get(batch_id)
         events = list(
@@ -355,7 +358,7 @@ async def login(request: Request, ctx: Ctx) -> Response:
         response.status_code = 401 if row is None else 403
         return response
     response = RedirectResponse(target, status_code=303)
-    https = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+    https = request.url.scheme == "https"  # a trusted proxy's X-Forwarded-Proto counts
     response.set_cookie(SESSION_COOKIE, key, httponly=True, samesite="lax", secure=https, path="/")
     return response
 
