@@ -67,18 +67,51 @@ def test_lone_surrogates_are_refused_with_their_line_and_the_queue_runs_on(
     assert after.status == "completed" and after.request_counts.completed == 2
 
 
-def test_stream_and_a_model_of_another_endpoint_fail_validation(client: openai.OpenAI) -> None:
+def test_stream_and_a_model_of_another_endpoint_fail_validation(
+    cluster: Cluster, client: openai.OpenAI
+) -> None:
     lines = [
         chat_line("s", "hi", stream=True),
         chat_line("e", "hi", model="all-minilm-l6-v2"),
         chat_line("ok", "hi", stream=False),
     ]
+    expected = [("invalid_value", 1, "body.stream"), ("unsupported_endpoint", 2, "body.model")]
     done = wait_for(client, submit(client, lines).id)
     assert done.status == "failed"
-    assert [(e.code, e.line, e.param) for e in done.errors.data] == [
-        ("invalid_value", 1, "body.stream"),
-        ("unsupported_endpoint", 2, "body.model"),
-    ]
+    assert [(e.code, e.line, e.param) for e in done.errors.data] == expected
+    # the dry run is the same validation
+    dry = cluster.http.post("/v1/batches/validate", files={"file": ("r.jsonl", jsonl(lines))})
+    assert [(e["code"], e["line"], e["param"]) for e in dry.json()["errors"]] == expected
+
+
+def test_a_line_without_end_is_measured_without_being_held() -> None:
+    """A 5 MB file with no newline: the validator reads at most the limit of it."""
+    from io import BytesIO
+
+    from batch_server.jobs.validation import validate
+
+    class Counting(BytesIO):
+        largest = 0
+
+        def readline(self, size: int | None = -1) -> bytes:
+            line = super().readline(size)
+            Counting.largest = max(Counting.largest, len(line))
+            return line
+
+    data = json.dumps(chat_line("big", "x" * 5_000_000)).encode()
+    result = validate(
+        Counting(data),
+        endpoint="/v1/chat/completions",
+        batch_model=None,
+        aliases={MODEL: MODEL},
+        max_requests=10,
+        unit_size=4,
+        max_errors=10,
+        max_line_bytes=1_000_000,
+    )
+    assert [(e["code"], e["line"]) for e in result.errors] == [("line_too_long", 1)]
+    assert f"{len(data)} bytes long" in result.errors[0]["message"]
+    assert Counting.largest <= 1_048_576
 
 
 def test_odd_parameters_fail_their_own_request_alone(

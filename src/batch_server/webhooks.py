@@ -254,7 +254,7 @@ def subscription(
         raise APIError(str(exc), param="metadata.webhook_url", code="invalid_value") from exc
     except UrlRefused as exc:
         raise APIError(str(exc), param="metadata.webhook_url", code="invalid_webhook_url") from exc
-    return url, ",".join(events)
+    return url, ",".join(e for e in EVENTS if e in events)  # each once, in a known order
 
 
 # -- the outbox (called inside the status writer's transaction) --------------------------

@@ -25,7 +25,7 @@ from batch_server.db.tables import BatchEventRow, BatchRow
 from batch_server.errors import APIError, Conflict, NotFound
 from batch_server.jobs import lifecycle, reports
 from batch_server.jobs.queue import set_priority
-from batch_server.jobs.validation import validate
+from batch_server.jobs.validation import validate_input
 from batch_server.openai_types import (
     MAX_COMPLETION_WINDOW_SECONDS,
     PRIORITY_MAX,
@@ -244,25 +244,25 @@ async def validate_upload(request: Request, ctx: Ctx, who: Auth) -> dict:
         model = form_text(form, "model")
         if model and model not in ctx.settings.model_aliases():
             raise NotFound("model", model, param="model")
-        result = await run_in_threadpool(dry_run, ctx, upload, endpoint, model)
+        result = await run_in_threadpool(dry_run, ctx, upload, endpoint, model, who)
     finally:
         await form.close()
     return result
 
 
-def dry_run(ctx: AppContext, upload: UploadFile, endpoint: str, model: str | None) -> dict:
-    """Validate an uploaded file as a batch would be, without storing it."""
-    settings = ctx.settings
+def dry_run(
+    ctx: AppContext, upload: UploadFile, endpoint: str, model: str | None, who: Principal
+) -> dict:
+    """Validate an uploaded file as a batch of the caller's would be, without storing it."""
+    with ctx.db.read() as s:
+        max_requests = limits.for_owner(s, ctx.settings, who.owner).max_requests_per_batch
     upload.file.seek(0)
-    result = validate(
+    result = validate_input(
         upload.file,  # type: ignore[arg-type]
+        ctx.settings,
         endpoint=endpoint,
-        batch_model=model,
-        aliases=settings.model_aliases(),
-        max_requests=settings.max_requests_per_batch,
-        unit_size=settings.unit_size,
-        max_errors=settings.max_validation_errors,
-        max_line_bytes=settings.max_line_bytes,
+        model=model,
+        max_requests=max_requests,
     )
     return {
         "object": "batch.validation",

@@ -34,6 +34,8 @@ from batch_server.storage import FileStore
 WORKER_FRESH_SECONDS = 15.0
 # A first line's max_tokens above this counts as this much in a waiting batch's ETA.
 MAX_TOKENS_SEEN = 1_000_000
+# Bytes of one input line a view holds (a longer one is shown cut, as text that is not JSON).
+VIEW_LINE_LIMIT = 8 * 1024 * 1024
 
 
 def workers(
@@ -146,7 +148,7 @@ def _peek(store: FileStore, file_id: str) -> tuple[int | None, str | None, int |
     count, model, max_tokens = 0, None, None
     try:
         with store.open(file_id) as fh:
-            for line in iter_lines(fh):
+            for line in iter_lines(fh, limit=VIEW_LINE_LIMIT):
                 if count == 0:  # any line: validation has not judged it yet
                     with suppress(ValueError, AttributeError, TypeError, OverflowError):
                         body = json.loads(line.raw).get("body", {})
@@ -247,7 +249,7 @@ def request_pairs(
     except FileNotFoundError:
         return [], False
     with fh:
-        page = list(islice(iter_lines(fh), offset, offset + limit + 1))
+        page = list(islice(iter_lines(fh, limit=VIEW_LINE_LIMIT), offset, offset + limit + 1))
     more, page = len(page) > limit, page[:limit]
     items: list[dict[str, Any]] = []
     for i, line in enumerate(page):

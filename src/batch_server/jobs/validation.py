@@ -49,12 +49,25 @@ class ParsedLine:
     raw: bytes
 
 
-def iter_lines(fh: BinaryIO, start: int = 0) -> Iterator[ParsedLine]:
-    """Yield the non-blank lines of ``fh`` from byte ``start`` with their byte ranges."""
+def iter_lines(fh: BinaryIO, start: int = 0, limit: int | None = None) -> Iterator[ParsedLine]:
+    """Yield the non-blank lines of ``fh`` from byte ``start`` with their byte ranges.
+
+    With ``limit``, no more than ``limit + 1`` bytes of a line are held: a longer line
+    (a file with no newline at all, say) comes with only its start in ``raw`` (so
+    ``len(raw) > limit`` tells it) and its whole byte range.
+    """
     fh.seek(start)
     offset = start
-    for line_no, raw in enumerate(fh, start=1):
-        begin, offset = offset, offset + len(raw)
+    line_no = 0
+    while raw := fh.readline(limit + 1) if limit else fh.readline():
+        line_no += 1
+        begin = offset
+        offset += len(raw)
+        if limit and len(raw) > limit and not raw.endswith(b"\n"):
+            while rest := fh.readline(1 << 20):  # the rest of the line, never held
+                offset += len(rest)
+                if rest.endswith(b"\n"):
+                    break
         if raw.strip():
             yield ParsedLine(line_no, begin, offset, raw)
 
@@ -82,12 +95,13 @@ def validate(
         if len(result.errors) < max_errors:
             result.errors.append({"code": code, "message": message, "param": param, "line": line})
 
-    for pl in iter_lines(fh):
+    for pl in iter_lines(fh, limit=max_line_bytes):
         n = pl.line_no
         if len(pl.raw) > max_line_bytes:
             error(
                 "line_too_long",
-                f"Line {n} is {len(pl.raw)} bytes long; the limit is {max_line_bytes}.",
+                f"Line {n} is {pl.byte_end - pl.byte_start} bytes long; the limit is "
+                f"{max_line_bytes}.",
                 n,
             )
             continue
@@ -228,6 +242,25 @@ def has_lone_surrogate(raw: bytes, obj: Any) -> bool:
     return False
 
 
+def validate_input(
+    fh: BinaryIO, settings: Settings, *, endpoint: str, model: str | None, max_requests: int
+) -> Validation:
+    """Validate a batch input file with the server's settings: what a batch's validation
+    step and the dry run (``POST /v1/batches/validate``) both do."""
+    return validate(
+        fh,
+        endpoint=endpoint,
+        batch_model=model,
+        aliases=settings.model_aliases(),
+        max_requests=max_requests,
+        unit_size=settings.unit_size,
+        max_errors=settings.max_validation_errors,
+        model_unit_sizes={m: settings.unit_size_for(m) for m in settings.models},
+        max_line_bytes=settings.max_line_bytes,
+        model_endpoints=settings.model_endpoints(),
+    )
+
+
 def validate_batch(
     db: Database, store: FileStore, settings: Settings, batch_id: str, token: str
 ) -> str:
@@ -238,17 +271,8 @@ def validate_batch(
         assert batch is not None
         max_requests = limits.for_owner(s, settings, batch.owner).max_requests_per_batch
     with store.open(batch.input_file_id) as fh:
-        result = validate(
-            fh,
-            endpoint=batch.endpoint,
-            batch_model=batch.model,
-            aliases=settings.model_aliases(),
-            max_requests=max_requests,
-            unit_size=settings.unit_size,
-            max_errors=settings.max_validation_errors,
-            model_unit_sizes={m: settings.unit_size_for(m) for m in settings.models},
-            max_line_bytes=settings.max_line_bytes,
-            model_endpoints=settings.model_endpoints(),
+        result = validate_input(
+            fh, settings, endpoint=batch.endpoint, model=batch.model, max_requests=max_requests
         )
     with db.write() as s:
         owned = s.execute(

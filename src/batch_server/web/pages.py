@@ -259,7 +259,8 @@ async def _check(ctx: Ctx, form: FormData) -> tuple[dict, dict]:
     try:
         upload = form_file(form)
         endpoint = values["endpoint"] or SUPPORTED_ENDPOINTS[0]
-        result = await run_in_threadpool(dry_run, ctx, upload, endpoint, values["model"] or None)
+        model = values["model"] or None
+        result = await run_in_threadpool(dry_run, ctx, upload, endpoint, model, OPEN)
     except APIError as exc:
         result = {"valid": False, "total": 0, "errors": [{"line": None, **exc.body()["error"]}]}
     return values, result
