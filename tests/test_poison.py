@@ -302,3 +302,21 @@ def test_nan_and_infinity_are_not_json(client: openai.OpenAI) -> None:
         ("invalid_json_line", 1),
         ("invalid_json_line", 3),
     ]
+
+
+def test_an_input_file_that_cannot_be_read_fails_validation_after_counted_attempts(
+    tmp_path: Path,
+) -> None:
+    c = Cluster(tmp_path, in_process_worker=False)
+    try:
+        batch = submit(c.client, [chat_line("a", "hi")])
+        (path,) = (tmp_path / "data" / "files").rglob(batch.input_file_id)
+        path.unlink()
+        c.start_worker()
+        done = wait_for(c.client, batch.id, timeout=60)
+        assert done.status == "failed", done
+        (error,) = done.errors.data
+        assert error.code == "input_unreadable" and "(3 attempts)" in error.message
+        assert len(batch_log(c, batch.id, "validate_error")) == 3
+    finally:
+        c.close()

@@ -192,7 +192,9 @@ class Worker:
             with bind(batch_id=batch_id):
                 log.info("%s step", kind)
                 if kind == "validate":
-                    status = validate_batch(self.db, self.store, self.settings, batch_id, token)
+                    status = validate_batch(
+                        self.db, self.store, self.queue, self.settings, batch_id, token
+                    )
                     if status == "in_progress":
                         self.wake.notify()  # its units are ready for every worker
                 else:

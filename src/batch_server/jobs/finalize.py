@@ -23,14 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from batch_server import ids, metrics
 from batch_server.db.session import Database
-from batch_server.db.tables import BatchEventRow, BatchRow, FileRow, ResultRow
+from batch_server.db.tables import BatchRow, FileRow, ResultRow
 from batch_server.jobs import lifecycle
-from batch_server.jobs.queue import Queue
+from batch_server.jobs.queue import Queue, describe_error
 from batch_server.jobs.validation import iter_lines
 from batch_server.openai_types import unexecuted_line
 from batch_server.storage import FileStore
@@ -103,10 +103,12 @@ def finalize(
         return _attempt(db, store, queue, batch, token, outcome)
     except Exception as exc:
         log.exception("finalization failed")
-        failures = _count_failure(db, queue, batch_id, token, exc, max_attempts)
+        failures = queue.step_failed(
+            batch_id, token, FAILURE_EVENT, "finalization", describe_error(exc), max_attempts
+        )
         if failures is None or failures < max_attempts:
             return batch.status
-        message = f"Finalization failed {failures} times; the last error: {_describe(exc)}"
+        message = f"Finalization failed {failures} times; the last error: {describe_error(exc)}"
         return _give_up(db, store, queue, batch, token, outcome, message)
 
 
@@ -209,44 +211,6 @@ def _register(s: Session, batch: BatchRow, files: _Files) -> None:
         )
 
 
-def _count_failure(
-    db: Database, queue: Queue, batch_id: str, token: str, exc: Exception, max_attempts: int
-) -> int | None:
-    """Log a failed attempt on the batch; returns how many attempts have failed (``None``
-    if the lease is no longer ours). Until the next attempt is due, the batch stays leased
-    to nobody; after the last one the lease stays ours, to end the batch."""
-    now = time.time()
-    with db.write() as s:
-        failures = (
-            1
-            + s.execute(
-                select(func.count())
-                .select_from(BatchEventRow)
-                .where(BatchEventRow.batch_id == batch_id, BatchEventRow.kind == FAILURE_EVENT)
-            ).scalar_one()
-        )
-        retry = failures < max_attempts
-        delay = min(2.0**failures, 300.0)
-        ours = s.execute(
-            update(BatchRow)
-            .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
-            .values(
-                lease_token=ids.token() if retry else token,
-                lease_expires_at=now + (delay if retry else queue.lease_seconds),
-            )
-        ).rowcount
-        if not ours:
-            return None
-        then = f"next attempt in {delay:.0f} s" if retry else "giving up"
-        lifecycle.log_event(
-            s,
-            batch_id,
-            FAILURE_EVENT,
-            f"finalization attempt {failures} of {max_attempts} failed ({then}): {_describe(exc)}",
-        )
-    return failures
-
-
 def _give_up(
     db: Database,
     store: FileStore,
@@ -283,13 +247,6 @@ def _give_up(
     if files is not None:
         files.remove(store)
     return batch.status
-
-
-def _describe(exc: BaseException) -> str:
-    """The first line of an error (a database error goes on with its SQL and parameters),
-    safe to store."""
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
-    return text.encode("utf-8", "backslashreplace").decode()
 
 
 def _merged_lines(

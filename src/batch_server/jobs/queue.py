@@ -12,13 +12,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, insert, or_, select, update
+from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from batch_server import ids, metrics, webhooks
 from batch_server.db.session import Database
-from batch_server.db.tables import BatchRow, ResultRow, WorkUnitRow
+from batch_server.db.tables import BatchEventRow, BatchRow, ResultRow, WorkUnitRow
 from batch_server.jobs import lifecycle
 
 # The order batches run in: higher priority first, then FIFO. Claims, the queue view and
@@ -39,6 +39,13 @@ def set_priority(s: Session, batch_id: str, priority: int) -> int | None:
     s.execute(update(BatchRow).where(BatchRow.id == batch_id).values(priority=priority))
     lifecycle.log_event(s, batch_id, "priority", f"priority {old} → {priority}")
     return old
+
+
+def describe_error(exc: BaseException) -> str:
+    """The first line of an error (a database error goes on with its SQL and parameters),
+    safe to store."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 class LeaseLost(Exception):
@@ -389,6 +396,44 @@ class Queue:
                 else "finalize"
             )
             return row.id, step, token
+
+    def step_failed(
+        self, batch_id: str, token: str, kind: str, step: str, error: str, max_attempts: int
+    ) -> int | None:
+        """Log a failed attempt at a batch step (an event of ``kind``: the failed attempts
+        are counted from these); returns how many have failed (``None`` if the lease is no
+        longer ours). Until the next attempt is due (2^n seconds) the batch stays leased to
+        nobody; after the last one the lease stays ours, to end the batch."""
+        now = time.time()
+        with self.db.write() as s:
+            failures = (
+                1
+                + s.execute(
+                    select(func.count())
+                    .select_from(BatchEventRow)
+                    .where(BatchEventRow.batch_id == batch_id, BatchEventRow.kind == kind)
+                ).scalar_one()
+            )
+            retry = failures < max_attempts
+            delay = min(2.0**failures, 300.0)
+            ours = s.execute(
+                update(BatchRow)
+                .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
+                .values(
+                    lease_token=ids.token() if retry else token,
+                    lease_expires_at=now + (delay if retry else self.lease_seconds),
+                )
+            ).rowcount
+            if not ours:
+                return None
+            then = f"next attempt in {delay:.0f} s" if retry else "giving up"
+            lifecycle.log_event(
+                s,
+                batch_id,
+                kind,
+                f"{step} attempt {failures} of {max_attempts} failed ({then}): {error}",
+            )
+        return failures
 
     def release_batch(self, s: Session, batch_id: str, token: str) -> None:
         s.execute(

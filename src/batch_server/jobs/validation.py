@@ -8,6 +8,7 @@ set of custom_ids seen.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, WorkUnitRow
 from batch_server.jobs import lifecycle
+from batch_server.jobs.queue import Queue, describe_error
 from batch_server.storage import FileStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -262,17 +266,33 @@ def validate_input(
 
 
 def validate_batch(
-    db: Database, store: FileStore, settings: Settings, batch_id: str, token: str
+    db: Database, store: FileStore, queue: Queue, settings: Settings, batch_id: str, token: str
 ) -> str:
     """The worker's validation step: validate the input file, then move the batch to
-    ``in_progress`` with its work units, or to ``failed`` with the errors."""
+    ``in_progress`` with its work units, or to ``failed`` with the errors. A file that
+    cannot be read is tried again with backoff, and after ``engine_max_attempts`` the batch
+    fails (``input_unreadable``)."""
     with db.read() as s:
         batch = lifecycle.get_batch(s, batch_id)
         assert batch is not None
         max_requests = limits.for_owner(s, settings, batch.owner).max_requests_per_batch
-    with store.open(batch.input_file_id) as fh:
-        result = validate_input(
-            fh, settings, endpoint=batch.endpoint, model=batch.model, max_requests=max_requests
+    try:
+        with store.open(batch.input_file_id) as fh:
+            result = validate_input(
+                fh, settings, endpoint=batch.endpoint, model=batch.model, max_requests=max_requests
+            )
+    except Exception as exc:  # the storage, not the file's lines
+        log.exception("could not read the input of %s", batch_id)
+        error = describe_error(exc)
+        attempts = settings.engine_max_attempts
+        failures = queue.step_failed(
+            batch_id, token, "validate_error", "validation", error, attempts
+        )
+        if failures is None or failures < attempts:
+            return batch.status
+        message = f"The input file could not be read ({failures} attempts): {error}"
+        result = Validation(
+            errors=[{"code": "input_unreadable", "message": message, "param": None, "line": None}]
         )
     with db.write() as s:
         owned = s.execute(
