@@ -33,8 +33,10 @@ class Limits:
         return Limits(**(asdict(self) | clean))
 
 
-def check_overrides(values: dict[str, Any]) -> dict[str, Any]:
+def check_overrides(values: Any) -> dict[str, Any]:
     """Validate a limits document from the admin API (a value of null removes a limit)."""
+    if not isinstance(values, dict):
+        raise APIError("'limits' must be an object", param="limits", code="invalid_value")
     known = {f.name for f in fields(Limits)}
     for key, value in values.items():
         if key not in known:
@@ -45,7 +47,7 @@ def check_overrides(values: dict[str, Any]) -> dict[str, Any]:
             )
         nullable = key in ("max_queued_requests", "create_rate_per_minute")
         if not (value is None and nullable) and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**62
         ):
             raise APIError(f"'{key}' must be a positive integer", param=key, code="invalid_value")
     return values

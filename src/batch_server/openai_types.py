@@ -44,6 +44,27 @@ class CreateBatchBody(BaseModel):
     priority: Priority | None = None
 
 
+PositiveLimit = Annotated[int, Field(ge=1, le=2**62)]
+
+
+class LimitsUpdate(BaseModel):
+    """``PATCH /v1/admin/limits``, and ``limits`` of ``PATCH /v1/admin/keys/{id}`` (an
+    extension): the limits to change; ``null`` removes a limit that may be absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_requests_per_batch: PositiveLimit | None = None
+    max_upload_bytes: PositiveLimit | None = None
+    max_queued_requests: PositiveLimit | None = None
+    create_rate_per_minute: PositiveLimit | None = None
+
+
+class KeyLimitsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limits: LimitsUpdate | None = None
+
+
 class PriorityBody(BaseModel):
     """``POST /v1/batches/{id}/priority`` (an extension)."""
 

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from batch_server import keys, limits, webhooks
 from batch_server.api.auth import AdminAuth
-from batch_server.api.deps import Ctx
+from batch_server.api.deps import Ctx, json_payload
+from batch_server.api.openapi import json_body
 from batch_server.db.tables import ApiKeyRow, RuntimeConfigRow, WorkerRow
-from batch_server.errors import NotFound
+from batch_server.errors import APIError, NotFound
 from batch_server.jobs import reports
 from batch_server.jobs.queue import Queue
 from batch_server.jobs.reports import WORKER_FRESH_SECONDS
-from batch_server.openai_types import key_object
+from batch_server.openai_types import KeyLimitsUpdate, LimitsUpdate, key_object
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-JSONBody = Annotated[dict[str, Any], Body()]
 
 
 @router.get("/workers")
@@ -46,10 +45,10 @@ def get_limits(ctx: Ctx, _who: AdminAuth) -> dict:
         return {"object": "limits", **limits.server_limits(s, ctx.settings).as_dict()}
 
 
-@router.patch("/limits")
-def set_limits(ctx: Ctx, _who: AdminAuth, values: JSONBody) -> dict:
+@router.patch("/limits", openapi_extra=json_body(LimitsUpdate))
+async def set_limits(request: Request, ctx: Ctx, _who: AdminAuth) -> dict:
     """Change server-wide limits at run time (kept in the database, for every process)."""
-    limits.check_overrides(values)
+    values = limits.check_overrides(await json_payload(request))
     with ctx.db.write() as s:
         row = s.get(RuntimeConfigRow, limits.RUNTIME_KEY)
         if row is None:
@@ -64,9 +63,12 @@ def list_keys(ctx: Ctx, _who: AdminAuth) -> dict:
     return {"object": "list", "data": [key_object(k) for k in keys.list_keys(ctx.db)]}
 
 
-@router.patch("/keys/{key_id}")
-def set_key_limits(key_id: str, ctx: Ctx, _who: AdminAuth, values: JSONBody) -> dict:
+@router.patch("/keys/{key_id}", openapi_extra=json_body(KeyLimitsUpdate))
+async def set_key_limits(key_id: str, request: Request, ctx: Ctx, _who: AdminAuth) -> dict:
     """Per-key limits: ``{"limits": {"max_queued_requests": 100, …}}`` (null removes one)."""
+    values = await json_payload(request)
+    if not isinstance(values, dict) or set(values) - {"limits"}:
+        raise APIError('The body is {"limits": {…}}', param="limits", code="invalid_value")
     new = limits.check_overrides(values.get("limits") or {})
     with ctx.db.write() as s:
         row = s.get(ApiKeyRow, key_id)

@@ -16,9 +16,17 @@ from starlette.datastructures import FormData, UploadFile
 
 from batch_server import ids, limits, webhooks
 from batch_server.api.auth import Auth, Principal
-from batch_server.api.deps import Ctx, Offset, check_limit, invalid_parameter, paginate
+from batch_server.api.deps import (
+    Ctx,
+    Offset,
+    check_limit,
+    invalid_parameter,
+    json_payload,
+    paginate,
+)
 from batch_server.api.files import creation_limits, get_file, lock_live_file, store_upload
 from batch_server.api.guards import check_json
+from batch_server.api.openapi import FILE_FIELD, multipart_body
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
@@ -176,7 +184,24 @@ def load(ctx: AppContext, batch_id: str, who: Principal) -> BatchRow:
     return row
 
 
-@router.post("")
+FORM_FIELDS: dict[str, dict] = {
+    "file": FILE_FIELD,
+    "endpoint": {"type": "string", "enum": list(SUPPORTED_ENDPOINTS)},
+    "model": {"type": "string"},
+}
+CREATE_BODY = multipart_body(
+    FORM_FIELDS
+    | {
+        "completion_window": {"type": "string"},
+        "metadata": {"type": "string", "description": "a JSON object of strings"},
+        "priority": {"type": "integer"},
+    },
+    required=["file"],
+    json_model=CreateBatchBody,
+)
+
+
+@router.post("", openapi_extra=CREATE_BODY)
 async def create_batch(request: Request, ctx: Ctx, who: Auth) -> dict:
     mine = creation_limits(ctx, who)
     content_type = request.headers.get("content-type", "")
@@ -188,14 +213,7 @@ async def create_batch(request: Request, ctx: Ctx, who: Auth) -> dict:
             code="invalid_content_type",
             status_code=415,
         )
-    try:
-        payload = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise APIError(
-            "The request body is not valid UTF-8 JSON (or is nested too deeply)",
-            code="invalid_json",
-        ) from exc
-    return create(ctx, parse_create_body(payload), who)
+    return create(ctx, parse_create_body(await json_payload(request)), who)
 
 
 async def _create_from_upload(
@@ -231,7 +249,7 @@ async def create_from_form(ctx: AppContext, form: FormData, who: Principal) -> d
     return create(ctx, body.model_copy(update={"input_file_id": stored.id}), who)
 
 
-@router.post("/validate")
+@router.post("/validate", openapi_extra=multipart_body(FORM_FIELDS, required=["file"]))
 async def validate_upload(request: Request, ctx: Ctx, who: Auth) -> dict:
     """Dry run: validate a JSONL file (multipart ``file``, optional ``model`` and
     ``endpoint``) exactly as a batch would be, without storing or running anything."""

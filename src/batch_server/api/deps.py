@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -90,3 +91,19 @@ def paginate(
     query = query.order_by(model.seq.desc() if descending else model.seq.asc()).limit(limit + 1)
     rows = list(session.execute(query).scalars())
     return rows[:limit], len(rows) > limit
+
+
+async def json_payload(request: Request) -> Any:
+    """The request's JSON body, or OpenAI's ``invalid_json`` error (Python's parser
+    takes NaN and Infinity, which JSON has not: refused too)."""
+    try:
+        return json.loads(await request.body(), parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise APIError(
+            "The request body is not valid UTF-8 JSON (or is nested too deeply)",
+            code="invalid_json",
+        ) from exc
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")

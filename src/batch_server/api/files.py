@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from batch_server import ids, limits
 from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, check_limit, paginate
+from batch_server.api.openapi import FILE_FIELD, multipart_body
 from batch_server.api.uploads import form_file, form_text, read_form, safe_filename
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow, FileRow
@@ -99,7 +100,16 @@ def creation_limits(ctx: AppContext, who: Principal) -> limits.Limits:
     return mine
 
 
-@router.post("")
+UPLOAD_BODY = multipart_body(
+    {
+        "file": FILE_FIELD,
+        "purpose": {"type": "string", "enum": list(FILE_PURPOSES)},
+    },
+    required=["file", "purpose"],
+)
+
+
+@router.post("", openapi_extra=UPLOAD_BODY)
 async def upload_file(request: Request, ctx: Ctx, who: Auth) -> dict:
     mine = creation_limits(ctx, who)
     form = await read_form(request, mine.max_upload_bytes)
