@@ -55,12 +55,15 @@ def test_lone_surrogates_are_refused_with_their_line_and_the_queue_runs_on(
     bad_content = json.dumps(chat_line("b", "hi")).replace('"hi"', '"h\\udc00i"')
     paired = json.dumps(chat_line("c", "hi")).replace('"hi"', '"\\ud83d\\ude00"')  # 😀: fine
     escaped = json.dumps(chat_line("d", "\\ud800"))  # a backslash, then text: fine
-    batch_id = _create(client, jsonl([good, bad_id, bad_content, paired, escaped]))
-    done = wait_for(client, batch_id)
+    raw = jsonl([good, bad_id, bad_content, paired, escaped])
+    # a surrogate encoded as bytes (CESU-8), which Python's JSON parser lets through
+    raw += json.dumps(chat_line("e", "hi")).encode().replace(b'"e"', b'"\xed\xa0\x80"') + b"\n"
+    done = wait_for(client, _create(client, raw))
     assert done.status == "failed"
     assert [(e.code, e.line) for e in done.errors.data] == [
         ("invalid_encoding", 2),
         ("invalid_encoding", 3),
+        ("invalid_encoding", 6),
     ]
     # The queue is not wedged: a normal batch sent after it runs at once.
     after = wait_for(client, submit(client, [chat_line("n1", "hi"), chat_line("n2", "yo")]).id)

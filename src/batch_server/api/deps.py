@@ -97,7 +97,7 @@ async def json_payload(request: Request) -> Any:
     """The request's JSON body, or OpenAI's ``invalid_json`` error (Python's parser
     takes NaN and Infinity, which JSON has not: refused too)."""
     try:
-        return json.loads(await request.body(), parse_constant=_not_json)
+        return json.loads((await request.body()).decode("utf-8"), parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise APIError(
             "The request body is not valid UTF-8 JSON (or is nested too deeply)",

@@ -110,7 +110,8 @@ def validate(
             )
             continue
         try:
-            obj = json.loads(pl.raw, parse_constant=_not_json)
+            # strict UTF-8: Python's parser lets encoded surrogates (\xed\xa0\x80) pass
+            obj = json.loads(pl.raw.decode("utf-8"), parse_constant=_not_json)
         except UnicodeDecodeError:
             error("invalid_encoding", f"Line {n} is not valid UTF-8.", n)
             continue
