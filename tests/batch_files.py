@@ -111,8 +111,16 @@ def dumped(draw: st.DrawFn, values: st.SearchStrategy[Any]) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+# A valid request in another Unicode encoding: Python's json.loads(bytes) detects UTF-16
+# and UTF-32, but a batch file is UTF-8 (valid only as a file's last line, with no
+# newline after it: a b"\n" byte splits UTF-16 text).
+OTHER_ENCODINGS = st.sampled_from(["utf-16-le", "utf-16-be", "utf-16", "utf-32"]).map(
+    lambda codec: json.dumps(valid_request("u16")).encode(codec)
+)
+
 raw_lines = st.one_of(
     st.binary(max_size=40),
+    OTHER_ENCODINGS,
     st.sampled_from(
         [b"", b" ", b"\t", b"\r", b"\x00", b"\xef\xbb\xbf", b"\xff\xfe{}", b"{}", b"[]", b"null"]
     ),
@@ -124,19 +132,31 @@ raw_lines = st.one_of(
 @st.composite
 def plausible_requests(draw: st.DrawFn) -> dict[str, Any]:
     """A well-formed request whose free-form parts hold anything: the custom_id, the
-    message, extra body parameters (lone surrogates, NaN, huge numbers included)."""
+    message, extra body parameters (lone surrogates, NaN, huge numbers included), and now
+    and then the model."""
     obj = valid_request(draw(texts.filter(bool)))
     obj["body"]["messages"][0]["content"] = draw(texts)
     if draw(st.booleans()):
         obj["body"][draw(texts)] = draw(json_values)
     obj["body"]["model"] = draw(st.sampled_from([MODEL, "smollm2", None]))
+    if draw(st.integers(0, 9)) == 9:  # now and then a model that is no string
+        obj["body"]["model"] = draw(json_values)
     if obj["body"]["model"] is None:
         del obj["body"]["model"]
     return obj
 
 
 blank_lines = st.sampled_from([b"", b" ", b"\t", b"\r", b"\x0c"])
-plausible_lines = st.one_of(dumped(plausible_requests()), blank_lines)
+# Numbers JSON spells but Python reads as NaN or infinity (or refuses outright).
+ODD_NUMBERS = st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1E400", b"0e-999"])
+plausible_lines = st.one_of(
+    dumped(plausible_requests()),
+    blank_lines,
+    # a plausible request with an odd number spliced into its JSON text
+    st.tuples(dumped(plausible_requests()), ODD_NUMBERS).map(
+        lambda t: t[0].rstrip()[:-1] + b', "z": ' + t[1] + b"}"
+    ),
+)
 
 request_lines = st.one_of(
     plausible_lines,
@@ -154,6 +174,8 @@ request_lines = st.one_of(
 def files(draw: st.DrawFn, lines: st.SearchStrategy[bytes] = request_lines) -> bytes:
     """A batch file: lines joined by LF or CRLF, maybe a BOM, maybe no final newline."""
     body = draw(st.lists(lines, min_size=0, max_size=8))
+    if body and draw(st.integers(0, 3)) == 3:  # a line again: a duplicate custom_id
+        body.insert(draw(st.integers(0, len(body))), draw(st.sampled_from(body)))
     newline = draw(st.sampled_from([b"\n", b"\r\n"]))
     data = b"".join(line + newline for line in body)
     if body and draw(st.booleans()):

@@ -63,6 +63,9 @@ class Options:
     max_line_bytes: int
 
 
+# hostile files, and files of plausible requests (accepted unless something is off)
+any_files = files() | files(plausible_lines)
+
 options = st.builds(
     Options,
     batch_model=st.sampled_from([None, MODEL, "smollm2", "no-such-model"]),
@@ -116,13 +119,13 @@ def worker_reads(data: bytes, unit: Any) -> list[tuple[str, dict[str, Any], byte
 
 
 @fuzz_settings
-@given(data=files(), opts=options)
+@given(data=any_files, opts=options)
 def test_validate_never_raises(data: bytes, opts: Options) -> None:
     run(data, opts)
 
 
 @fuzz_settings
-@given(data=files(), opts=options)
+@given(data=any_files, opts=options)
 def test_refused_files_point_at_their_lines(data: bytes, opts: Options) -> None:
     result = validated(data, opts)
     if not result.errors:
@@ -175,7 +178,7 @@ def accepted(data: bytes, opts: Options) -> list[tuple[str, dict[str, Any], byte
 
 
 @fuzz_settings
-@given(data=files() | files(plausible_lines), opts=options)
+@given(data=any_files, opts=options)
 def test_accepted_files_are_read_back_by_the_worker(data: bytes, opts: Options) -> None:
     """Every accepted line is read back by the worker as a request with a string
     custom_id (distinct from the others') and an object body, in the unit of its model."""
@@ -186,17 +189,19 @@ def test_accepted_files_are_read_back_by_the_worker(data: bytes, opts: Options) 
 
 
 @fuzz_settings
-@given(data=files() | files(plausible_lines), opts=options)
+@given(data=any_files, opts=options)
 def test_accepted_requests_can_be_stored_as_utf8(data: bytes, opts: Options) -> None:
     """Results and output files are UTF-8 (and so is PostgreSQL text): every string of an
-    accepted request, its custom_id first, must encode."""
+    accepted request, its custom_id first, must encode; and an accepted line is UTF-8
+    (a line that is not is an invalid_encoding, docs/api.md)."""
     for custom_id, _, raw in accepted(data, opts):
         custom_id.encode("utf-8")
         json.dumps(json.loads(raw), ensure_ascii=False).encode("utf-8")
+        raw.decode("utf-8")
 
 
 @fuzz_settings
-@given(data=files() | files(plausible_lines), opts=options)
+@given(data=any_files, opts=options)
 def test_accepted_requests_are_strict_json(data: bytes, opts: Options) -> None:
     """An accepted request can be sent to an engine and written back as JSON: no NaN or
     Infinity, which Python's parser takes but JSON has not."""
