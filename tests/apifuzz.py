@@ -883,11 +883,10 @@ def _collect(run: Run, out: Path, records: list[LogRecord], report: Report) -> i
                 failure = (check.get("failure_info") or {}).get("failure") or {}
                 title = failure.get("title") or failure.get("message") or "failed"
                 report.add(check["name"], label, title, reproduction(entry), run, entry=entry)
-    for error in errors:
-        info = error.get("info") or {}
-        message = str(info.get("message") or info.get("title") or info)[:300]
-        sample = str(info.get("code_sample") or "")[:400]
-        report.add("request_error", error.get("label", "?"), message, sample, run)
+    for error in errors:  # {"value": {"type", "message"}, "label", "phase", …}
+        value = error.get("value") or error.get("info") or {}
+        message = f"{value.get('type', 'error')}: {value.get('message', value)}"[:300]
+        report.add("request_error", error.get("label", "?"), message, "", run)
     leftover = [*by_request_id.values(), *unmatched]  # 500s the HAR does not explain
     others = [r for r in records if r.level in ("ERROR", "CRITICAL") and not r.is_unhandled]
     for record in leftover + others:
