@@ -75,6 +75,7 @@ bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_vllm.py
 	$(PY) benchmarks/bench_eta.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_fuzz.py
 
 bench-load: install-test
 	$(PY) benchmarks/bench_load.py
