@@ -77,8 +77,13 @@ def test_stream_and_a_model_of_another_endpoint_fail_validation(
         chat_line("s", "hi", stream=True),
         chat_line("e", "hi", model="all-minilm-l6-v2"),
         chat_line("ok", "hi", stream=False),
+        chat_line("m", "hi", model=["smollm2"]),  # once a crash of the validation step
     ]
-    expected = [("invalid_value", 1, "body.stream"), ("unsupported_endpoint", 2, "body.model")]
+    expected = [
+        ("invalid_value", 1, "body.stream"),
+        ("unsupported_endpoint", 2, "body.model"),
+        ("invalid_value", 4, "body.model"),
+    ]
     done = wait_for(client, submit(client, lines).id)
     assert done.status == "failed"
     assert [(e.code, e.line, e.param) for e in done.errors.data] == expected

@@ -173,7 +173,10 @@ def validate(
             )
             continue
         name = body.get("model") or batch_model
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str):
+            error("invalid_value", f"Line {n}: 'body.model' must be a string.", n, "body.model")
+            continue
+        if not name:
             error(
                 "missing_required_parameter",
                 f"Line {n}: no model given (set body.model or the batch's model).",
