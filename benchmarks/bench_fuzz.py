@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--shrink", action="store_true", help="shrink failing examples")
     parser.add_argument("--keep", type=Path, default=None, help="keep reports and logs here")
     args = parser.parse_args()
+    # SIGTERM ends the run like Ctrl-C: the server (its own session) is stopped, not leaked
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     profile = apifuzz.Profile(
         max_examples=args.max_examples,
         seconds=args.seconds,

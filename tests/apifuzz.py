@@ -61,6 +61,7 @@ CHECKS = "not_a_server_error,response_schema_conformance"
 CANCEL = "POST /v1/batches/{batch_id}/cancel"
 LIMITS = "PATCH /v1/admin/limits"
 HOOKS = Path(__file__).with_name("apifuzz_hooks.py")
+JSONL = "application/x-ndjson"  # uploaded files: batch files from the hooks' strategy
 PHASES = "examples,coverage,fuzzing"
 LIMIT_NAMES = [f for f in Limits.__dataclass_fields__]
 # Outgoing HTTP of the server (webhook deliveries) goes to this proxy: nothing listens
@@ -343,7 +344,7 @@ def _body(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _form(schema: dict[str, Any]) -> dict[str, Any]:
-    media = {"schema": schema, "encoding": {"file": {"contentType": "application/x-ndjson"}}}
+    media = {"schema": schema, "encoding": {"file": {"contentType": JSONL}}}
     return {"required": True, "content": {"multipart/form-data": media}}
 
 
@@ -380,10 +381,23 @@ def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _mark_jsonl_parts(op: dict[str, Any]) -> None:
+    """Give the binary ``file`` part of a multipart body the content type
+    ``application/x-ndjson`` (when the schema names none), so tests/apifuzz_hooks.py
+    fills it with batch files rather than schemathesis' sample bytes."""
+    media = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+    if not media:
+        return
+    prop = media.get("schema", {}).get("properties", {}).get("file", {})
+    if prop.get("format") == "binary":
+        media.setdefault("encoding", {}).setdefault("file", {"contentType": JSONL})
+
+
 def fuzz_schema(doc: dict[str, Any], ids: dict[str, list[str]]) -> dict[str, Any]:
     """The server's schema with the request bodies of :func:`schema_gaps` supplemented,
-    and real ids (``ids``: parameter name → values; ``after`` by path) as the examples of
-    id parameters: the explicit examples and the coverage phase start from them."""
+    uploaded files marked as JSONL, and real ids (``ids``: parameter name → values;
+    ``after`` by path) as the examples of id parameters: the explicit examples and the
+    coverage phase start from them."""
     doc = copy.deepcopy(doc)
     supplements = supplemented_bodies(ids)
     gaps = {g.split(":")[0] for g in schema_gaps(doc)}
@@ -391,6 +405,7 @@ def fuzz_schema(doc: dict[str, Any], ids: dict[str, list[str]]) -> dict[str, Any
         for method, op in ops.items():
             if f"{method.upper()} {path}" in gaps:
                 op["requestBody"] = supplements[(method, path)]
+            _mark_jsonl_parts(op)
             for param in op.get("parameters", []):
                 name = param["name"]
                 if name == "after":

@@ -129,17 +129,34 @@ raw_lines = st.one_of(
 )
 
 
+valid_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | valid_texts,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(valid_texts, children, max_size=3)
+    ),
+    max_leaves=8,
+)
+SNEAKY = ["custom_id", "content", "parameter", "model"]
+
+
 @st.composite
 def plausible_requests(draw: st.DrawFn) -> dict[str, Any]:
-    """A well-formed request whose free-form parts hold anything: the custom_id, the
-    message, extra body parameters (lone surrogates, NaN, huge numbers included), and now
-    and then the model."""
-    obj = valid_request(draw(texts.filter(bool)))
-    obj["body"]["messages"][0]["content"] = draw(texts)
+    """A well-formed request of valid text and values, or (one time in three) with one
+    sneaky part: a custom_id or message of any text (lone surrogates, NUL), a parameter of
+    any JSON value (NaN, huge numbers), a model that is no string."""
+    sneaky = draw(st.sampled_from([None] * 8 + SNEAKY))  # shrinks to None: valid
+    obj = valid_request(draw((texts if sneaky == "custom_id" else valid_texts).filter(bool)))
+    obj["body"]["messages"][0]["content"] = draw(texts if sneaky == "content" else valid_texts)
     if draw(st.booleans()):
+        obj["body"][draw(valid_texts)] = draw(valid_json_values)
+    if sneaky == "parameter":
         obj["body"][draw(texts)] = draw(json_values)
     obj["body"]["model"] = draw(st.sampled_from([MODEL, "smollm2", None]))
-    if draw(st.integers(0, 9)) == 9:  # now and then a model that is no string
+    if sneaky == "model":
         obj["body"]["model"] = draw(json_values)
     if obj["body"]["model"] is None:
         del obj["body"]["model"]
@@ -149,17 +166,23 @@ def plausible_requests(draw: st.DrawFn) -> dict[str, Any]:
 blank_lines = st.sampled_from([b"", b" ", b"\t", b"\r", b"\x0c"])
 # Numbers JSON spells but Python reads as NaN or infinity (or refuses outright).
 ODD_NUMBERS = st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1E400", b"0e-999"])
-plausible_lines = st.one_of(
-    dumped(plausible_requests()),
-    blank_lines,
-    # a plausible request with an odd number spliced into its JSON text
-    st.tuples(dumped(plausible_requests()), ODD_NUMBERS).map(
-        lambda t: t[0].rstrip()[:-1] + b', "z": ' + t[1] + b"}"
-    ),
-)
+
+
+@st.composite
+def plausible_lines(draw: st.DrawFn) -> bytes:
+    """Mostly a plausible request; now and then one with an odd number spliced into its
+    JSON text, or a blank line."""
+    kind = draw(st.integers(0, 9))
+    if kind == 9:
+        return draw(blank_lines)
+    line = draw(dumped(plausible_requests()))
+    if kind == 8:
+        line = line.rstrip()[:-1] + b', "z": ' + draw(ODD_NUMBERS) + b"}"
+    return line
+
 
 request_lines = st.one_of(
-    plausible_lines,
+    plausible_lines(),
     dumped(near_valid_requests()),
     dumped(json_values),
     raw_lines,
@@ -171,9 +194,11 @@ request_lines = st.one_of(
 
 
 @st.composite
-def files(draw: st.DrawFn, lines: st.SearchStrategy[bytes] = request_lines) -> bytes:
+def files(
+    draw: st.DrawFn, lines: st.SearchStrategy[bytes] = request_lines, min_lines: int = 0
+) -> bytes:
     """A batch file: lines joined by LF or CRLF, maybe a BOM, maybe no final newline."""
-    body = draw(st.lists(lines, min_size=0, max_size=8))
+    body = draw(st.lists(lines, min_size=min_lines, max_size=8))
     if body and draw(st.integers(0, 3)) == 3:  # a line again: a duplicate custom_id
         body.insert(draw(st.integers(0, len(body))), draw(st.sampled_from(body)))
     newline = draw(st.sampled_from([b"\n", b"\r\n"]))
