@@ -300,15 +300,17 @@ engine_args = { n_ctx = 512, n_threads = 1 }
         c.close()
 
 
-def test_nan_and_infinity_are_not_json(client: openai.OpenAI) -> None:
+def test_nan_infinity_and_overflowing_numbers_are_not_json(client: openai.OpenAI) -> None:
     good = json.dumps(chat_line("a", "hi"))
     lines = [good.replace('"temperature": 0', '"temperature": NaN'), good.replace('"a"', '"b"')]
     lines.append(good.replace('"a"', '"c"').replace('"max_tokens": 8', '"max_tokens": -Infinity'))
+    lines.append(good.replace('"a"', '"d"').replace('"temperature": 0', '"temperature": 1e999'))
     done = wait_for(client, _create(client, jsonl(lines)))
     assert done.status == "failed"
     assert [(e.code, e.line) for e in done.errors.data] == [
         ("invalid_json_line", 1),
         ("invalid_json_line", 3),
+        ("invalid_json_line", 4),
     ]
 
 

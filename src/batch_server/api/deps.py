@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from batch_server.app_context import AppContext
 from batch_server.errors import APIError, NotFound
+from batch_server.jobs.validation import finite
 
 
 def context(request: Request) -> AppContext:
@@ -97,7 +98,9 @@ async def json_payload(request: Request) -> Any:
     """The request's JSON body, or OpenAI's ``invalid_json`` error (Python's parser
     takes NaN and Infinity, which JSON has not: refused too)."""
     try:
-        return json.loads((await request.body()).decode("utf-8"), parse_constant=_not_json)
+        return json.loads(
+            (await request.body()).decode("utf-8"), parse_constant=_not_json, parse_float=finite
+        )
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise APIError(
             "The request body is not valid UTF-8 JSON (or is nested too deeply)",

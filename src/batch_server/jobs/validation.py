@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ def validate(
             continue
         try:
             # strict UTF-8: Python's parser lets encoded surrogates (\xed\xa0\x80) pass
-            obj = json.loads(pl.raw.decode("utf-8"), parse_constant=_not_json)
+            obj = json.loads(pl.raw.decode("utf-8"), parse_constant=_not_json, parse_float=finite)
         except UnicodeDecodeError:
             error("invalid_encoding", f"Line {n} is not valid UTF-8.", n)
             continue
@@ -226,6 +227,15 @@ def validate(
     if result.errors:
         result.units.clear()
     return result
+
+
+def finite(text: str) -> float:
+    """A JSON number as a float, refusing one too large for a float (``1e999``), which
+    Python would make infinite."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large a number")
+    return value
 
 
 def _not_json(name: str) -> Any:
