@@ -174,7 +174,7 @@ def validate(
             )
             continue
         name = body.get("model") or batch_model
-        if not isinstance(name, str):
+        if name and not isinstance(name, str):
             error("invalid_value", f"Line {n}: 'body.model' must be a string.", n, "body.model")
             continue
         if not name:
