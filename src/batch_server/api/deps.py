@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from batch_server.app_context import AppContext
 from batch_server.errors import APIError, NotFound
-from batch_server.jobs.validation import finite
+from batch_server.jobs.validation import strict_json
 
 
 def context(request: Request) -> AppContext:
@@ -95,18 +94,11 @@ def paginate(
 
 
 async def json_payload(request: Request) -> Any:
-    """The request's JSON body, or OpenAI's ``invalid_json`` error (Python's parser
-    takes NaN and Infinity, which JSON has not: refused too)."""
+    """The request's JSON body (strict JSON), or OpenAI's ``invalid_json`` error."""
     try:
-        return json.loads(
-            (await request.body()).decode("utf-8"), parse_constant=_not_json, parse_float=finite
-        )
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return strict_json(await request.body())
+    except (ValueError, RecursionError) as exc:
         raise APIError(
             "The request body is not valid UTF-8 JSON (or is nested too deeply)",
             code="invalid_json",
         ) from exc
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")

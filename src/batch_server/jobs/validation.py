@@ -112,7 +112,7 @@ def validate(
             continue
         try:
             # strict UTF-8: Python's parser lets encoded surrogates (\xed\xa0\x80) pass
-            obj = json.loads(pl.raw.decode("utf-8"), parse_constant=_not_json, parse_float=finite)
+            obj = strict_json(pl.raw)
         except UnicodeDecodeError:
             error("invalid_encoding", f"Line {n} is not valid UTF-8.", n)
             continue
@@ -229,9 +229,15 @@ def validate(
     return result
 
 
-def finite(text: str) -> float:
-    """A JSON number as a float, refusing one too large for a float (``1e999``), which
-    Python would make infinite."""
+def strict_json(data: bytes) -> Any:
+    """Parse JSON as the standard has it: strict UTF-8 (Python's parser lets surrogates
+    encoded as bytes pass), no NaN or Infinity, no number too large for a float (``1e999``,
+    which Python makes infinite). Raises ``ValueError`` (``UnicodeDecodeError`` for bad
+    bytes) or ``RecursionError``."""
+    return json.loads(data.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
+
+
+def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"{text[:40]} is too large a number")
@@ -239,8 +245,6 @@ def finite(text: str) -> float:
 
 
 def _not_json(name: str) -> Any:
-    """Python's parser takes NaN and Infinity, which JSON has not (nor could they be sent
-    back as JSON): refused like any other invalid JSON."""
     raise ValueError(f"{name} is not a JSON value")
 
 
