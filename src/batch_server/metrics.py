@@ -21,9 +21,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from sqlalchemy import and_, case, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from batch_server.db.dialect import upsert
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, MetricRow, WebhookDeliveryRow, WorkerRow
 from batch_server.gpu import GpuReading
@@ -63,16 +63,16 @@ def set_gauge(s: Session, name: str, labels: dict[str, str], value: float) -> No
 
 
 def _upsert(s: Session, name: str, labels: dict[str, str], value: float, add: bool) -> None:
-    dialect = sqlite if s.get_bind().dialect.name == "sqlite" else postgresql
     now = time.time()
-    stmt = dialect.insert(MetricRow).values(
-        name=name, labels=_labels(labels), value=value, updated_at=now
-    )
-    new_value = MetricRow.value + stmt.excluded.value if add else stmt.excluded.value
-    s.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["name", "labels"], set_={"value": new_value, "updated_at": now}
-        )
+    upsert(
+        s,
+        MetricRow,
+        {"name": name, "labels": _labels(labels), "value": value, "updated_at": now},
+        keys=("name", "labels"),
+        updates=lambda new: {
+            "value": MetricRow.value + new.value if add else new.value,
+            "updated_at": now,
+        },
     )
 
 

@@ -36,6 +36,7 @@ from standardwebhooks.webhooks import Webhook
 
 from batch_server import metrics
 from batch_server.config import Settings
+from batch_server.db.dialect import skip_locked
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, RuntimeConfigRow, WebhookDeliveryRow
 from batch_server.errors import APIError
@@ -438,9 +439,7 @@ class Dispatcher:
             if s.execute(query).scalar() is None:
                 return None
         with self.db.write() as s:
-            if not self.db.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            seq = s.execute(query).scalar()
+            seq = s.execute(skip_locked(s, query)).scalar()
             if seq is None:
                 return None
             token = secrets.token_hex(16)
