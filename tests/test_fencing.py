@@ -12,7 +12,8 @@ from sqlalchemy import insert, select
 
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, ResultRow, WorkUnitRow
-from batch_server.jobs.queue import LeaseLost, Queue, Result
+from batch_server.jobs.manager import JobManager
+from batch_server.jobs.queue import LeaseLost, Result
 from conftest import DATABASES, database_url
 
 
@@ -67,7 +68,7 @@ def db_url(tmp_path: Path, request: pytest.FixtureRequest, database: str) -> str
 def test_slow_worker_cannot_write_after_takeover(db_url: str) -> None:
     # Two Database objects: two connection pools, as two worker processes would have.
     slow_db, fast_db = Database(db_url), Database(db_url)
-    slow, fast = Queue(slow_db, lease_seconds=0.5), Queue(fast_db, lease_seconds=30)
+    slow, fast = JobManager(slow_db, lease_seconds=0.5), JobManager(fast_db, lease_seconds=30)
 
     mine = slow.claim_unit("slow", prefer_model=None)
     assert mine is not None

@@ -17,7 +17,7 @@ from webhook_receiver import SECRET, Receiver
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, ResultRow
 from batch_server.jobs.finalize import finalize
-from batch_server.jobs.queue import Queue
+from batch_server.jobs.manager import JobManager
 from batch_server.storage import LocalFileStore
 from conftest import Cluster, chat_line, read_lines, submit, wait_for
 
@@ -134,7 +134,7 @@ def test_files_that_cannot_be_written_end_the_batch_without_files(tmp_path: Path
     store = LocalFileStore(root)
     root.rmdir()
     root.write_text("not a directory")
-    queue = Queue(db, lease_seconds=30)
+    queue = JobManager(db, lease_seconds=30, max_attempts=2)
     now = int(time.time())
     with db.write() as s:
         s.add(
@@ -158,12 +158,12 @@ def test_files_that_cannot_be_written_end_the_batch_without_files(tmp_path: Path
 
     step = queue.claim_batch_step("w")
     assert step is not None and step[1] == "finalize"
-    assert finalize(db, store, queue, "batch_x", step[2], max_attempts=2) == "finalizing"
+    assert finalize(queue, store, "batch_x", step[2]) == "finalizing"
     assert queue.claim_batch_step("w") is None  # backing off
     time.sleep(2.1)
     step = queue.claim_batch_step("w")
     assert step is not None
-    assert finalize(db, store, queue, "batch_x", step[2], max_attempts=2) == "failed"
+    assert finalize(queue, store, "batch_x", step[2]) == "failed"
 
     with db.read() as s:
         batch = s.get(BatchRow, 1)

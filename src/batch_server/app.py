@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,8 +23,6 @@ from batch_server.config import Settings
 from batch_server.errors import APIError, error_body
 from batch_server.logs import RequestContextMiddleware
 from batch_server.metrics import DatabaseCollector
-from batch_server.webhooks import Dispatcher
-from batch_server.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +35,11 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        worker = thread = None
-        dispatcher = Dispatcher(settings, ctx.db)
-        dispatcher.start()
-        if run_worker:
-            worker = Worker(settings, ctx.db, ctx.store, wake=ctx.wake)
-            if settings.default_model:
-                worker.preload(settings.default_model)
-            thread = threading.Thread(target=worker.run_forever, name="worker", daemon=True)
-            thread.start()
+        services = ctx.start_services(worker=run_worker)
         try:
             yield
         finally:
-            if worker and thread:
-                worker.stop()
-                thread.join(timeout=30)
-            dispatcher.stop()
+            services.stop()
             ctx.db.dispose()
 
     app = FastAPI(

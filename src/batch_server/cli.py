@@ -99,22 +99,19 @@ def run_worker(
 ) -> None:
     """Run a standalone worker against the same database and data directory."""
     from batch_server.app_context import AppContext
-    from batch_server.webhooks import Dispatcher
-    from batch_server.worker import Worker
 
     settings = load_settings(config, data_dir=data_dir, database_url=database_url)
     logs.setup(log_level, settings.log_json)
     _check_default_model(settings)
-    ctx = AppContext.build(settings)
-    worker = Worker(settings, ctx.db, ctx.store)
-    dispatcher = Dispatcher(settings, ctx.db)
+    services = AppContext.build(settings).start_services(worker=True, in_thread=False)
+    worker = services.worker
+    assert worker is not None
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    dispatcher.start()
     try:
         worker.run_forever()
     finally:
-        dispatcher.stop()
+        services.stop()
 
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)

@@ -58,6 +58,12 @@ def increment(s: Session, name: str, labels: dict[str, str], amount: float = 1.0
     _upsert(s, name, labels, amount, add=True)
 
 
+def count(db: Database, name: str, labels: dict[str, str], amount: float = 1.0) -> None:
+    """Add to a counter in a transaction of its own."""
+    with db.write() as s:
+        increment(s, name, labels, amount)
+
+
 def set_gauge(s: Session, name: str, labels: dict[str, str], value: float) -> None:
     _upsert(s, name, labels, value, add=False)
 

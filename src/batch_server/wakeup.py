@@ -19,14 +19,20 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "batch_server_work"
 
+# What one waiting loop (a worker's engine loop, its batch steps) waits on: set by every
+# wake-up, cleared by its owner alone.
+Waiter = threading.Event
+
 
 class Wakeup:
-    """Event-like (``set``/``clear``/``wait``) plus :meth:`notify`, which also wakes the
-    workers of other processes when the database is PostgreSQL."""
+    """Wake-ups for the waiting loops of this process (each has its own :data:`Waiter`),
+    and :meth:`notify`, which also wakes the workers of other processes when the database
+    is PostgreSQL."""
 
     def __init__(self, db: Database | None = None) -> None:
         self.db = db
-        self._event = threading.Event()
+        self._waiters: list[Waiter] = []
+        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
 
@@ -34,25 +40,27 @@ class Wakeup:
     def _shared(self) -> bool:
         return self.db is not None and not self.db.is_sqlite
 
-    # -- the local event ----------------------------------------------------------------
+    # -- in this process ---------------------------------------------------------------
+
+    def waiter(self) -> Waiter:
+        """A new waiter, set by every wake-up from now on."""
+        waiter = Waiter()
+        with self._lock:
+            self._waiters.append(waiter)
+        return waiter
 
     def set(self) -> None:
-        self._event.set()
-
-    def clear(self) -> None:
-        self._event.clear()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
+        """Wake every waiter of this process."""
+        with self._lock:
+            waiters = list(self._waiters)
+        for waiter in waiters:
+            waiter.set()
 
     # -- across processes -----------------------------------------------------------------
 
     def notify(self) -> None:
         """New work (a batch created, cancelled, validated): wake every worker."""
-        self._event.set()
+        self.set()
         if not self._shared:
             return
         assert self.db is not None
@@ -85,10 +93,10 @@ class Wakeup:
                     dsn.render_as_string(hide_password=False), autocommit=True
                 ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    self._event.set()  # notifications may have been missed while connecting
+                    self.set()  # notifications may have been missed while connecting
                     while not self._closed.is_set():
                         for _ in conn.notifies(timeout=1.0):
-                            self._event.set()
+                            self.set()
             except Exception:
                 log.warning("wake-up listener lost its connection; reconnecting", exc_info=True)
                 self._closed.wait(1.0)

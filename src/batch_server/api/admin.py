@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 
 from batch_server import keys, limits, webhooks
 from batch_server.api.auth import AdminAuth
 from batch_server.api.deps import Ctx, json_payload
 from batch_server.api.openapi import json_body
-from batch_server.db.tables import ApiKeyRow, RuntimeConfigRow, WorkerRow
+from batch_server.db.tables import ApiKeyRow, RuntimeConfigRow
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs import reports
-from batch_server.jobs.queue import Queue
-from batch_server.jobs.reports import WORKER_FRESH_SECONDS
 from batch_server.openai_types import KeyLimitsUpdate, LimitsUpdate, key_object
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -29,14 +24,7 @@ def workers(ctx: Ctx, _who: AdminAuth) -> dict:
 
 @router.post("/reset-stuck")
 def reset_stuck(ctx: Ctx, _who: AdminAuth) -> dict:
-    cutoff = time.time() - WORKER_FRESH_SECONDS
-    with ctx.db.read() as s:
-        fresh = list(
-            s.execute(select(WorkerRow.id).where(WorkerRow.heartbeat_at >= cutoff)).scalars()
-        )
-    result = Queue(ctx.db, ctx.settings.lease_seconds).reset_stuck(fresh)
-    ctx.wake.notify()
-    return {"object": "admin.reset", **result}
+    return {"object": "admin.reset", **ctx.jobs.reset_stuck()}
 
 
 @router.get("/limits")

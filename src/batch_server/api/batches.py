@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from batch_server import ids, limits, webhooks
+from batch_server import limits
 from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import (
     Ctx,
@@ -24,48 +22,26 @@ from batch_server.api.deps import (
     json_payload,
     paginate,
 )
-from batch_server.api.files import creation_limits, get_file, lock_live_file, store_upload
+from batch_server.api.files import creation_limits, get_file, store_upload
 from batch_server.api.guards import check_json
 from batch_server.api.openapi import FILE_FIELD, multipart_body
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
 from batch_server.errors import APIError, Conflict, NotFound
-from batch_server.jobs import lifecycle, reports
-from batch_server.jobs.queue import set_priority
+from batch_server.jobs import admission, lifecycle, reports
+from batch_server.jobs.manager import InputGone
 from batch_server.jobs.validation import validate_input
 from batch_server.openai_types import (
-    MAX_COMPLETION_WINDOW_SECONDS,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
     SUPPORTED_ENDPOINTS,
     CreateBatchBody,
-    Priority,
     PriorityBody,
     batch_object,
     list_object,
 )
+from batch_server.statuses import BatchStatus
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
-
-_WINDOW = re.compile(r"^(\d{1,9})([smhd])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_PRIORITY = TypeAdapter(Priority)
-
-
-def window_seconds(window: str) -> int:
-    """OpenAI accepts "24h"; other durations ("90m", "30s", "7d") up to 30 days are an
-    extension."""
-    match = _WINDOW.match(window)
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0
-    if not 0 < seconds <= MAX_COMPLETION_WINDOW_SECONDS:
-        raise APIError(
-            f"Invalid completion_window '{window}'; use '24h' (or a duration like '90m', "
-            f"at most {MAX_COMPLETION_WINDOW_SECONDS // 86400} days)",
-            param="completion_window",
-            code="invalid_value",
-        )
-    return seconds
 
 
 def parse_create_body(payload: Any) -> CreateBatchBody:
@@ -76,102 +52,14 @@ def parse_create_body(payload: Any) -> CreateBatchBody:
         raise invalid_parameter(exc.errors()[0]) from exc
 
 
-def batch_priority(body: CreateBatchBody, metadata: dict[str, str] | None) -> int:
-    """``priority``, else ``metadata["priority"]``, else 0; within the same bounds."""
-    if body.priority is not None:
-        return body.priority
-    if not metadata or "priority" not in metadata:
-        return 0
-    try:
-        return _PRIORITY.validate_python(int(metadata["priority"]))
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise APIError(
-            f"metadata 'priority' must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}",
-            param="metadata",
-            code="invalid_value",
-        ) from exc
-
-
-def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
-    if metadata is None:
-        return None
-    if len(metadata) > 16:
-        raise APIError(
-            "'metadata' may have at most 16 keys", param="metadata", code="invalid_value"
-        )
-    for key, value in metadata.items():
-        if len(key) > 64 or not isinstance(value, str) or len(value) > 512:
-            raise APIError(
-                "'metadata' keys are strings of at most 64 characters and values "
-                "strings of at most 512",
-                param="metadata",
-                code="invalid_value",
-            )
-    return metadata
-
-
 def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> dict[str, Any]:
-    if body.endpoint not in SUPPORTED_ENDPOINTS:
-        raise APIError(
-            f"Unsupported endpoint '{body.endpoint}'; supported: {', '.join(SUPPORTED_ENDPOINTS)}",
-            param="endpoint",
-            code="invalid_value",
-        )
-    window = window_seconds(body.completion_window)
-    metadata = check_metadata(body.metadata)
-    model = None
-    if body.model:
-        model = ctx.settings.model_aliases().get(body.model)
-        if model is None:
-            raise NotFound("model", body.model, param="model")
-    priority = batch_priority(body, metadata)
-    hook_url, hook_events = webhooks.subscription(ctx.settings, metadata)
-    source = get_file(ctx, body.input_file_id, who)
-    if source.purpose != "batch":
-        raise APIError(
-            f"File '{source.id}' has purpose '{source.purpose}'; batch input files "
-            "need purpose 'batch'",
-            param="input_file_id",
-            code="invalid_value",
-        )
-    with ctx.db.read() as s:
-        mine = limits.for_owner(s, ctx.settings, who.owner)
-        queued = limits.queued_requests(s, who.owner)
-    if mine.max_queued_requests is not None and queued >= mine.max_queued_requests:
-        raise limits.TooManyRequests(
-            f"This key already has {queued} requests queued, the limit is "
-            f"{mine.max_queued_requests}. Wait for running batches to finish.",
-            code="queue_limit_exceeded",
-        )
-    now = int(time.time())
-    row = BatchRow(
-        id=ids.batch_id(),
-        status="validating",
-        endpoint=body.endpoint,
-        input_file_id=source.id,
-        completion_window=body.completion_window,
-        model=model,
-        metadata_=metadata,
-        priority=priority,
-        created_at=now,
-        expires_at=now + window,
-        total=0,
-        completed=0,
-        failed=0,
-        input_tokens=0,
-        cached_tokens=0,
-        output_tokens=0,
-        owner=who.owner,
-        webhook_url=hook_url,
-        webhook_events=hook_events,
+    new = admission.admit(
+        ctx.settings, ctx.db, body, lambda file_id: get_file(ctx, file_id, who), who.owner
     )
-    with ctx.db.write() as s:
-        if not lock_live_file(s, source.id):  # deleted meanwhile
-            raise NotFound("file", source.id, param="file_id")
-        s.add(row)
-        s.flush()
-        lifecycle.log_event(s, row.id, "status", "created; status → validating")
-    ctx.wake.notify()
+    try:
+        row = ctx.jobs.create_batch(new)
+    except InputGone as exc:  # deleted meanwhile
+        raise NotFound("file", new.input_file_id, param="file_id") from exc
     return batch_object(row)
 
 
@@ -307,19 +195,16 @@ def retrieve_batch(batch_id: str, ctx: Ctx, who: Auth) -> dict:
 
 @router.post("/{batch_id}/cancel")
 def cancel_batch(batch_id: str, ctx: Ctx, who: Auth) -> dict:
+    stopping = (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
     row = load(ctx, batch_id, who)
-    if row.status not in ("cancelling", "cancelled"):
-        with ctx.db.write() as s:
-            moved = lifecycle.transition(s, batch_id, "cancelling", "cancel requested")
-        if not moved:
-            row = load(ctx, batch_id, who)
-            if row.status not in ("cancelling", "cancelled"):
-                raise Conflict(
-                    f"Cannot cancel a batch with status '{row.status}'",
-                    param="batch_id",
-                    code="invalid_state",
-                )
-        ctx.wake.notify()
+    if row.status not in stopping and not ctx.jobs.cancel(batch_id):
+        row = load(ctx, batch_id, who)
+        if row.status not in stopping:
+            raise Conflict(
+                f"Cannot cancel a batch with status '{row.status}'",
+                param="batch_id",
+                code="invalid_state",
+            )
     return batch_object(load(ctx, batch_id, who))
 
 
@@ -375,14 +260,11 @@ def request_pairs(
 def change_priority(batch_id: str, body: PriorityBody, ctx: Ctx, who: Auth) -> dict:
     """Re-prioritise a batch that is waiting or running: higher runs first."""
     load(ctx, batch_id, who)
-    with ctx.db.write() as s:
-        old = set_priority(s, batch_id, body.priority)
-    if old is None:
+    if ctx.jobs.set_priority(batch_id, body.priority) is None:
         row = load(ctx, batch_id, who)
         raise Conflict(
             f"Cannot change the priority of a batch with status '{row.status}'",
             param="batch_id",
             code="invalid_state",
         )
-    ctx.wake.notify()
     return batch_object(load(ctx, batch_id, who))

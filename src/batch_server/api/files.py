@@ -9,7 +9,6 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -22,6 +21,7 @@ from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow, FileRow
 from batch_server.errors import APIError, Conflict, NotFound
 from batch_server.jobs.lifecycle import LIVE
+from batch_server.jobs.manager import lock_live_file
 from batch_server.openai_types import FILE_PURPOSES, file_object, list_object
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -71,15 +71,6 @@ def get_file(ctx: AppContext, file_id: str, who: Principal) -> FileRow:
     if row is None or not who.owns(row.owner):
         raise NotFound("file", file_id, param="file_id")
     return row
-
-
-def lock_live_file(s: Session, file_id: str) -> bool:
-    """Whether the file is live, its row locked until ``s``'s write transaction ends: a
-    batch created from the file and the file's deletion check and write under this lock,
-    so they cannot both succeed (``FOR UPDATE`` on PostgreSQL; SQLite renders none, its
-    write transactions hold the database's write lock, see ``Database.write``)."""
-    query = select(FileRow.id).where(FileRow.id == file_id, FileRow.deleted.is_(False))
-    return s.execute(query.with_for_update()).scalar() is not None
 
 
 def content_disposition(filename: str) -> str:

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,7 @@ class EngineProcess:
         requests: Iterable[EngineRequest],
         should_stop: StopCheck,
         more: Callable[[], list[EngineRequest]] | None = None,
-    ) -> Iterator[EngineResult]:
+    ) -> Generator[EngineResult, None, None]:
         """Run ``requests``; whenever the engine could take more, ``more()`` is asked for
         further requests, and the run ends once it returns none and all are done."""
         self._log_tail.clear()  # a failure during this run is explained by this run's log

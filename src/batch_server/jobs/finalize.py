@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
-from batch_server import ids, metrics
+from batch_server import ids
 from batch_server.db.session import Database
-from batch_server.db.tables import BatchRow, FileRow, ResultRow
+from batch_server.db.tables import BatchRow, ResultRow
 from batch_server.jobs import lifecycle
-from batch_server.jobs.queue import Queue, describe_error
+from batch_server.jobs.manager import Ending, JobManager, OutputFile
+from batch_server.jobs.queue import describe_error
 from batch_server.jobs.validation import iter_lines
 from batch_server.openai_types import unexecuted_line
+from batch_server.statuses import BatchStatus
 from batch_server.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ UNEXECUTED = {
     "completed": ("internal_error", "This request has no stored result."),
 }
 
-MAX_ATTEMPTS = 3  # like engine_max_attempts (whose default it is)
 FAILURE_EVENT = "finalize_error"
 
 
@@ -84,54 +83,45 @@ class _Files:
                 store.delete(file_id)
 
 
-def finalize(
-    db: Database,
-    store: FileStore,
-    queue: Queue,
-    batch_id: str,
-    token: str,
-    max_attempts: int = MAX_ATTEMPTS,
-) -> str:
+def finalize(jobs: JobManager, store: FileStore, batch_id: str, token: str) -> BatchStatus:
     """Carry out the batch's outcome; returns its status afterwards (unchanged when this
     attempt failed and another will follow)."""
-    with db.read() as s:
+    with jobs.db.read() as s:
         batch = lifecycle.get_batch(s, batch_id)
         assert batch is not None
-    outcome = lifecycle.OUTCOME_OF_STATUS.get(batch.status) or batch.pending_outcome
+    outcome = lifecycle.outcome_of(batch)
     assert outcome is not None, f"batch {batch_id} has nothing to finalize"
     try:
-        return _attempt(db, store, queue, batch, token, outcome)
+        return _attempt(jobs, store, batch, token, outcome)
     except Exception as exc:
         log.exception("finalization failed")
-        failures = queue.step_failed(
-            batch_id, token, FAILURE_EVENT, "finalization", describe_error(exc), max_attempts
-        )
-        if failures is None or failures < max_attempts:
-            return batch.status
-        message = f"Finalization failed {failures} times; the last error: {describe_error(exc)}"
-        return _give_up(db, store, queue, batch, token, outcome, message)
+        error = describe_error(exc)
+        failures = jobs.step_failed(batch_id, token, FAILURE_EVENT, "finalization", error)
+        if failures is None or failures < jobs.max_attempts:
+            return BatchStatus(batch.status)
+        message = f"Finalization failed {failures} times; the last error: {error}"
+        return _give_up(jobs, store, batch, token, outcome, message)
 
 
 def _attempt(
-    db: Database, store: FileStore, queue: Queue, batch: BatchRow, token: str, outcome: str
-) -> str:
-    _fence_units(db, queue, batch.id, outcome)
-    files = _write_files(db, store, batch, outcome)
+    jobs: JobManager, store: FileStore, batch: BatchRow, token: str, outcome: BatchStatus
+) -> BatchStatus:
+    _fence_units(jobs, batch.id, outcome)
+    files = _write_files(jobs.db, store, batch, outcome)
     try:
-        done = _commit(db, queue, batch, token, outcome, outcome, files)
+        done = jobs.end_batch(batch, token, outcome, _ending(batch, outcome, files))
     except BaseException:
         files.remove(store)
         raise
     files.remove(store, empty_only=done)
-    return outcome if done else batch.status
+    return outcome if done else BatchStatus(batch.status)
 
 
-def _fence_units(db: Database, queue: Queue, batch_id: str, outcome: str) -> None:
+def _fence_units(jobs: JobManager, batch_id: str, outcome: BatchStatus) -> None:
     """A batch ending otherwise than completed may still have units running: fence them,
     so no result arrives after its files were written."""
-    if outcome != "completed":
-        with db.write() as s:
-            queue.close_units(s, batch_id)
+    if outcome != BatchStatus.COMPLETED:
+        jobs.close_units(batch_id)
 
 
 def _write_files(db: Database, store: FileStore, batch: BatchRow, outcome: str) -> _Files:
@@ -151,89 +141,54 @@ def _write_files(db: Database, store: FileStore, batch: BatchRow, outcome: str) 
     return files
 
 
-def _commit(
-    db: Database,
-    queue: Queue,
+def _ending(
     batch: BatchRow,
-    token: str,
-    status: str,
-    outcome: str,
+    outcome: BatchStatus,
     files: _Files | None,
     errors: list[dict[str, Any]] | None = None,
     notify: bool = True,
-) -> bool:
-    """One transaction: release the lease, set ``status`` (with ``files`` registered and
-    the stored results dropped) and queue its webhook (none when not ``notify``). ``False``
-    when the lease or the status was no longer ours: nothing is registered then."""
-    with db.write() as s:
-        still_ours = s.execute(
-            update(BatchRow)
-            .where(BatchRow.id == batch.id, BatchRow.lease_token == token)
-            .values(lease_token=None, lease_expires_at=None)
-        ).rowcount
-        if not still_ours:
-            return False
-        fields: dict[str, Any] = {"errors": errors} if errors else {}
-        if files is not None:
-            fields.update(completed=files.ok, failed=files.errors)
-            fields.update(
-                {f"{suffix}_file_id": file_id for file_id, _, suffix in files.non_empty()}
-            )
-        if not notify:
-            s.execute(update(BatchRow).where(BatchRow.id == batch.id).values(webhook_url=None))
-            lifecycle.log_event(s, batch.id, "webhook", "no webhook: its event could not be queued")
-        if not lifecycle.transition(s, batch.id, status, **fields):
-            return False
-        if files is not None:
-            _register(s, batch, files)
-            queue.delete_results(s, batch.id)
-            if files.unexecuted:
-                code = UNEXECUTED[outcome][0]
-                metrics.increment(s, "request_errors", {"code": code}, files.unexecuted)
-    return True
-
-
-def _register(s: Session, batch: BatchRow, files: _Files) -> None:
-    now = int(time.time())
-    for file_id, size, suffix in files.non_empty():
-        s.execute(
-            insert(FileRow).values(
-                id=file_id,
-                purpose="batch_output",
-                filename=f"{batch.id}_{suffix}.jsonl",
-                bytes=size,
-                created_at=now,
-                expires_at=None,
-                status="processed",
-                deleted=False,
-                owner=batch.owner,
-            )
-        )
+) -> Ending:
+    """What the final transaction writes: the counts and files (if there are files),
+    the errors, whether the webhook goes out."""
+    if files is None:
+        return Ending(errors=errors, notify=notify)
+    return Ending(
+        errors=errors,
+        notify=notify,
+        ok=files.ok,
+        failed=files.errors,
+        files=[
+            OutputFile(file_id, f"{batch.id}_{suffix}.jsonl", size, suffix)
+            for file_id, size, suffix in files.non_empty()
+        ],
+        unexecuted=(UNEXECUTED[outcome][0], files.unexecuted) if files.unexecuted else None,
+    )
 
 
 def _give_up(
-    db: Database,
+    jobs: JobManager,
     store: FileStore,
-    queue: Queue,
     batch: BatchRow,
     token: str,
-    outcome: str,
+    outcome: BatchStatus,
     message: str,
-) -> str:
+) -> BatchStatus:
     """End the batch after its last failed attempt, keeping what can be kept."""
-    status = "failed" if batch.status in lifecycle.TRANSITIONS["failed"] else outcome
+    failed = BatchStatus.FAILED
+    status = failed if batch.status in lifecycle.TRANSITIONS[failed] else outcome
     error = {"code": "finalize_failed", "line": None, "param": None, "message": message}
     errors = [*(batch.errors or []), error]
     files: _Files | None = None
     try:
-        _fence_units(db, queue, batch.id, outcome)
-        files = _write_files(db, store, batch, outcome)
+        _fence_units(jobs, batch.id, outcome)
+        files = _write_files(jobs.db, store, batch, outcome)
     except Exception:
         log.exception("ending the batch without output and error files")
     ways = [(files, True), (files, False)] if files else []
     for kept, notify in [*ways, (None, True), (None, False)]:
         try:
-            done = _commit(db, queue, batch, token, status, outcome, kept, errors, notify)
+            ending = _ending(batch, outcome, kept, errors, notify)
+            done = jobs.end_batch(batch, token, status, ending)
         except Exception:
             log.exception(
                 "could not end the batch (%s files, %s webhook)",
@@ -243,10 +198,10 @@ def _give_up(
             continue
         if files is not None:
             files.remove(store, empty_only=done and kept is files)
-        return status if done else batch.status
+        return status if done else BatchStatus(batch.status)
     if files is not None:
         files.remove(store)
-    return batch.status
+    return BatchStatus(batch.status)
 
 
 def _merged_lines(

@@ -1,4 +1,5 @@
-"""Work units and leases: the only code that claims, renews, fences and completes work.
+"""Work units and leases: claiming, renewing, fencing and completing work (the unit half of
+the job manager, :mod:`batch_server.jobs.manager`).
 
 A worker owns a unit only while its lease token is on the row and unexpired. Every write
 of a result renews the lease *and* checks the token in the same transaction (fencing), so
@@ -10,35 +11,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from batch_server import ids, metrics, webhooks
+from batch_server.db.dialect import changed, skip_locked
 from batch_server.db.session import Database
-from batch_server.db.tables import BatchEventRow, BatchRow, ResultRow, WorkUnitRow
+from batch_server.db.tables import BatchRow, ResultRow, WorkUnitRow
 from batch_server.jobs import lifecycle
+from batch_server.statuses import BatchStatus, UnitStatus
 
 # The order batches run in: higher priority first, then FIFO. Claims, the queue view and
 # its ETAs all use it.
 RUN_ORDER = (BatchRow.priority.desc(), BatchRow.seq)
-
-
-def set_priority(s: Session, batch_id: str, priority: int) -> int | None:
-    """Change the priority of a batch that has not finished; returns the old priority,
-    or ``None`` when the batch is no longer waiting or running."""
-    old = s.execute(
-        select(BatchRow.priority).where(
-            BatchRow.id == batch_id, BatchRow.status.in_(("validating", "in_progress"))
-        )
-    ).scalar()
-    if old is None:
-        return None
-    s.execute(update(BatchRow).where(BatchRow.id == batch_id).values(priority=priority))
-    lifecycle.log_event(s, batch_id, "priority", f"priority {old} → {priority}")
-    return old
 
 
 def describe_error(exc: BaseException) -> str:
@@ -46,6 +33,17 @@ def describe_error(exc: BaseException) -> str:
     safe to store."""
     text = f"{type(exc).__name__}: {exc}".splitlines()[0][:1000]
     return text.encode("utf-8", "backslashreplace").decode()
+
+
+def _backoff(failures: ColumnElement[int]) -> ColumnElement[float]:
+    """2^failures seconds, at most 5 minutes, as SQL (the count is the row's own)."""
+    return case(
+        *((failures == n, float(2**n)) for n in range(1, 9)),
+        else_=BACKOFF_MAX_SECONDS,
+    )
+
+
+BACKOFF_MAX_SECONDS = 300.0
 
 
 class LeaseLost(Exception):
@@ -79,13 +77,22 @@ class Result:
     output_tokens: int = 0
 
 
-class Queue:
-    def __init__(self, db: Database, lease_seconds: float, progress_seconds: float = 30.0) -> None:
+class WorkQueue:
+    """The work-unit half of the :class:`~batch_server.jobs.manager.JobManager`."""
+
+    def __init__(
+        self,
+        db: Database,
+        lease_seconds: float,
+        progress_seconds: float = 30.0,
+        max_attempts: int = 3,
+    ) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
         self.progress_seconds = progress_seconds
-
-    # -- units ------------------------------------------------------------------------
+        self.max_attempts = (
+            max_attempts  # failed runs of a unit (or batch step) before its batch fails
+        )
 
     def claim_unit(self, worker_id: str, prefer_model: str | None) -> Claim | None:
         """Lease the next runnable unit: highest batch priority first, then units of the
@@ -94,8 +101,10 @@ class Queue:
         for _ in range(5):  # lost races are retried a few times
             with self.db.write() as s:
                 runnable = or_(
-                    WorkUnitRow.status == "pending",
-                    and_(WorkUnitRow.status == "leased", WorkUnitRow.lease_expires_at < now),
+                    WorkUnitRow.status == UnitStatus.PENDING,
+                    and_(
+                        WorkUnitRow.status == UnitStatus.LEASED, WorkUnitRow.lease_expires_at < now
+                    ),
                 )
                 prefer = case((WorkUnitRow.model == prefer_model, 0), else_=1)
                 query = (
@@ -103,16 +112,13 @@ class Queue:
                     .join(BatchRow, BatchRow.id == WorkUnitRow.batch_id)
                     .where(
                         runnable,
-                        BatchRow.status == "in_progress",
-                        BatchRow.pending_outcome.is_(None),
+                        lifecycle.runnable(),
                         or_(WorkUnitRow.not_before.is_(None), WorkUnitRow.not_before <= now),
                     )
                     .order_by(RUN_ORDER[0], prefer, *RUN_ORDER[1:], WorkUnitRow.index)
                     .limit(1)
                 )
-                if not self.db.is_sqlite:
-                    query = query.with_for_update(of=WorkUnitRow, skip_locked=True)
-                unit_id = s.execute(query).scalar()
+                unit_id = s.execute(skip_locked(s, query, of=WorkUnitRow)).scalar()
                 if unit_id is None:
                     return None
                 token = ids.token()
@@ -120,7 +126,7 @@ class Queue:
                     update(WorkUnitRow)
                     .where(WorkUnitRow.id == unit_id, runnable)
                     .values(
-                        status="leased",
+                        status=UnitStatus.LEASED,
                         lease_owner=worker_id,
                         lease_token=token,
                         lease_expires_at=now + self.lease_seconds,
@@ -158,36 +164,33 @@ class Queue:
 
     def _fence(self, s: Session, claim: Claim) -> None:
         """Renew the lease, or raise :class:`LeaseLost` if it is no longer ours."""
-        renewed = s.execute(
+        renewed = changed(
+            s,
             update(WorkUnitRow)
             .where(
                 WorkUnitRow.id == claim.unit_id,
                 WorkUnitRow.lease_token == claim.token,
-                WorkUnitRow.status == "leased",
+                WorkUnitRow.status == UnitStatus.LEASED,
             )
-            .values(lease_expires_at=time.time() + self.lease_seconds)
-        ).rowcount
+            .values(lease_expires_at=time.time() + self.lease_seconds),
+        )
         if renewed != 1:
             raise LeaseLost(f"unit {claim.unit_id} is no longer leased to this worker")
 
     def heartbeat(self, claim: Claim) -> bool:
         """Renew the lease; ``False`` when the unit should stop (lease lost, batch being
         cancelled or about to expire)."""
+        go_on = exists().where(
+            BatchRow.id == claim.batch_id,
+            lifecycle.runnable(),
+            BatchRow.expires_at > time.time(),
+        )
         try:
             with self.db.write() as s:
                 self._fence(s, claim)
-                batch = s.execute(
-                    select(BatchRow.status, BatchRow.pending_outcome, BatchRow.expires_at).where(
-                        BatchRow.id == claim.batch_id
-                    )
-                ).one()
+                return bool(s.execute(select(go_on)).scalar())
         except LeaseLost:
             return False
-        return (
-            batch.status == "in_progress"
-            and batch.pending_outcome is None
-            and batch.expires_at > time.time()
-        )
 
     def done_indexes(self, claim: Claim) -> set[int]:
         """Requests of this unit that already have a result (from an earlier attempt)."""
@@ -257,229 +260,71 @@ class Queue:
             s.execute(
                 update(WorkUnitRow)
                 .where(WorkUnitRow.id == claim.unit_id)
-                .values(status="done", lease_token=None, lease_expires_at=None)
+                .values(status=UnitStatus.DONE, lease_token=None, lease_expires_at=None)
             )
             unfinished = exists().where(
-                WorkUnitRow.batch_id == claim.batch_id, WorkUnitRow.status != "done"
+                WorkUnitRow.batch_id == claim.batch_id, WorkUnitRow.status != UnitStatus.DONE
             )
             if s.execute(select(unfinished)).scalar():
                 return False
-            return lifecycle.transition(s, claim.batch_id, "finalizing")
+            return lifecycle.transition(s, claim.batch_id, BatchStatus.FINALIZING)
+
+    def give_back(self, claim: Claim) -> bool:
+        """Return a unit claimed but never started (no attempt counted); ``False`` if it
+        was no longer ours."""
+        return self.release_unit(claim, engine_error=None)
 
     def release_unit(
-        self, claim: Claim, *, engine_error: str | None, max_attempts: int, log: bool = True
+        self,
+        claim: Claim,
+        *,
+        engine_error: str | None,
+        max_attempts: int | None = None,
+        log: bool = True,
     ) -> bool:
         """Give a unit back (``False`` if it was no longer ours). After an engine failure it
-        waits (exponential backoff) and after ``max_attempts`` failures the whole batch fails
-        with the engine's message (logged on the batch unless ``log`` is false: one failure
-        of an engine running several units of a batch is logged once)."""
+        waits (exponential backoff, 2^n s up to 5 minutes) and after ``max_attempts``
+        failures the whole batch fails with the engine's message (logged on the batch
+        unless ``log`` is false: one failure of an engine running several units of a batch
+        is logged once)."""
+        free = {
+            "status": UnitStatus.PENDING,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "lease_owner": None,
+        }
+        mine = update(WorkUnitRow).where(
+            WorkUnitRow.id == claim.unit_id, WorkUnitRow.lease_token == claim.token
+        )
         with self.db.write() as s:
-            values: dict[str, Any] = {
-                "status": "pending",
-                "lease_token": None,
-                "lease_expires_at": None,
-                "lease_owner": None,
-            }
-            if engine_error is not None:
-                row = s.get(WorkUnitRow, claim.unit_id)
-                failures = (row.engine_failures if row else 0) + 1
-                values.update(
-                    engine_failures=failures,
+            if engine_error is None:
+                return bool(changed(s, mine.values(**free)))
+            failures = s.execute(
+                mine.values(
+                    **free,
+                    engine_failures=WorkUnitRow.engine_failures + 1,
                     last_error=engine_error[:4000],
-                    not_before=time.time() + min(2.0**failures, 300.0),
-                )
-            released = s.execute(
-                update(WorkUnitRow)
-                .where(WorkUnitRow.id == claim.unit_id, WorkUnitRow.lease_token == claim.token)
-                .values(**values)
-            ).rowcount
-            if not released or engine_error is None:
-                return bool(released)
+                    not_before=time.time() + _backoff(WorkUnitRow.engine_failures + 1),
+                ).returning(WorkUnitRow.engine_failures)
+            ).scalar()
+            if failures is None:
+                return False
             if log:
                 lifecycle.log_event(
-                    s,
-                    claim.batch_id,
-                    "engine_error",
-                    f"attempt {values['engine_failures']}: {engine_error[:1000]}",
+                    s, claim.batch_id, "engine_error", f"attempt {failures}: {engine_error[:1000]}"
                 )
-            if values["engine_failures"] >= max_attempts:
-                self.decide_outcome(
-                    s,
-                    claim.batch_id,
-                    "failed",
-                    [
-                        {
-                            "code": "engine_error",
-                            "line": None,
-                            "param": None,
-                            "message": f"Work on model '{claim.model}' failed "
-                            f"{values['engine_failures']} times: {engine_error[:2000]}",
-                        }
-                    ],
+            if failures >= (max_attempts or self.max_attempts):
+                message = (
+                    f"Work on model '{claim.model}' failed {failures} times: {engine_error[:2000]}"
                 )
+                lifecycle.decide(s, claim.batch_id, BatchStatus.FAILED, "engine_error", message)
             return True
 
-    # -- batch-level steps (validation, finalization) -----------------------------------
-
-    @staticmethod
-    def decide_outcome(
-        s: Session, batch_id: str, outcome: str, errors: list[dict[str, Any]] | None = None
-    ) -> bool:
-        """Record that a running batch must end as ``outcome``; finalization carries it out."""
-        values: dict[str, Any] = {"pending_outcome": outcome}
-        if errors:
-            values["errors"] = errors
-        done = s.execute(
-            update(BatchRow)
-            .where(
-                BatchRow.id == batch_id,
-                BatchRow.status.in_(("validating", "in_progress")),
-                BatchRow.pending_outcome.is_(None),
-            )
-            .values(**values)
-        ).rowcount
-        if done:
-            lifecycle.log_event(s, batch_id, "outcome", f"batch will end as {outcome}")
-        return bool(done)
-
-    def mark_expired(self) -> int:
-        """Decide ``expired`` for live batches past their completion window."""
-        now = int(time.time())
-        with self.db.write() as s:
-            due = (
-                s.execute(
-                    select(BatchRow.id).where(
-                        BatchRow.status.in_(("validating", "in_progress")),
-                        BatchRow.pending_outcome.is_(None),
-                        BatchRow.expires_at <= now,
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            return sum(self.decide_outcome(s, b, "expired") for b in due)
-
-    def claim_batch_step(self, worker_id: str) -> tuple[str, str, str] | None:
-        """Lease one batch needing a batch-level step. Returns (batch_id, step, token) with
-        step ``validate`` or ``finalize``."""
-        now = time.time()
-        free = or_(BatchRow.lease_token.is_(None), BatchRow.lease_expires_at < now)
-        needs_finalize = or_(
-            BatchRow.status.in_(("finalizing", "cancelling")),
-            and_(
-                BatchRow.status.in_(("validating", "in_progress")),
-                BatchRow.pending_outcome.is_not(None),
-            ),
-        )
-        needs_validate = and_(BatchRow.status == "validating", BatchRow.pending_outcome.is_(None))
-        with self.db.write() as s:
-            query = (
-                select(BatchRow.id, BatchRow.status, BatchRow.pending_outcome)
-                .where(free, or_(needs_finalize, needs_validate))
-                .order_by(*RUN_ORDER)
-                .limit(1)
-            )
-            if not self.db.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            row = s.execute(query).first()
-            if row is None:
-                return None
-            token = ids.token()
-            s.execute(
-                update(BatchRow)
-                .where(BatchRow.id == row.id, free)
-                .values(lease_token=token, lease_expires_at=now + self.lease_seconds)
-            )
-            step = (
-                "validate"
-                if (row.status == "validating" and row.pending_outcome is None)
-                else "finalize"
-            )
-            return row.id, step, token
-
-    def step_failed(
-        self, batch_id: str, token: str, kind: str, step: str, error: str, max_attempts: int
-    ) -> int | None:
-        """Log a failed attempt at a batch step (an event of ``kind``: the failed attempts
-        are counted from these); returns how many have failed (``None`` if the lease is no
-        longer ours). Until the next attempt is due (2^n seconds) the batch stays leased to
-        nobody; after the last one the lease stays ours, to end the batch."""
-        now = time.time()
-        with self.db.write() as s:
-            failures = (
-                1
-                + s.execute(
-                    select(func.count())
-                    .select_from(BatchEventRow)
-                    .where(BatchEventRow.batch_id == batch_id, BatchEventRow.kind == kind)
-                ).scalar_one()
-            )
-            retry = failures < max_attempts
-            delay = min(2.0**failures, 300.0)
-            ours = s.execute(
-                update(BatchRow)
-                .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
-                .values(
-                    lease_token=ids.token() if retry else token,
-                    lease_expires_at=now + (delay if retry else self.lease_seconds),
-                )
-            ).rowcount
-            if not ours:
-                return None
-            then = f"next attempt in {delay:.0f} s" if retry else "giving up"
-            lifecycle.log_event(
-                s,
-                batch_id,
-                kind,
-                f"{step} attempt {failures} of {max_attempts} failed ({then}): {error}",
-            )
-        return failures
-
-    def release_batch(self, s: Session, batch_id: str, token: str) -> None:
-        s.execute(
-            update(BatchRow)
-            .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
-            .values(lease_token=None, lease_expires_at=None)
-        )
-
-    def close_units(self, s: Session, batch_id: str) -> None:
+    def close_units(self, batch_id: str) -> None:
         """Fence every unfinished unit of a batch (cancel, expiry, failure)."""
-        s.execute(
-            update(WorkUnitRow)
-            .where(WorkUnitRow.batch_id == batch_id, WorkUnitRow.status != "done")
-            .values(status="closed", lease_token=None, lease_expires_at=None)
-        )
-
-    def reset_stuck(self, fresh_workers: list[str]) -> dict[str, int]:
-        """Admin "reset stuck work": free every unit and batch step leased by a worker that
-        is not in ``fresh_workers`` (crashed, or hung without heartbeats) without waiting
-        for its lease to run out, and end the engine-failure backoff of waiting units.
-        Batch steps (validation, finalization) record no owner, so all are released; a
-        worker still running one is fenced by its token and its write is discarded."""
         with self.db.write() as s:
-            units = s.execute(
+            s.execute(
                 update(WorkUnitRow)
-                .where(
-                    WorkUnitRow.status == "leased", WorkUnitRow.lease_owner.not_in(fresh_workers)
-                )
-                .values(status="pending", lease_token=None, lease_expires_at=None, lease_owner=None)
-            ).rowcount
-            backoff = s.execute(
-                update(WorkUnitRow)
-                .where(WorkUnitRow.status == "pending", WorkUnitRow.not_before.is_not(None))
-                .values(not_before=None)
-            ).rowcount
-            steps = s.execute(
-                update(BatchRow)
-                .where(BatchRow.lease_token.is_not(None), BatchRow.status.in_(lifecycle.LIVE))
-                .values(lease_token=None, lease_expires_at=None)
-            ).rowcount
-        return {"units_released": units, "backoffs_cleared": backoff, "batch_steps_released": steps}
-
-    @staticmethod
-    def delete_results(s: Session, batch_id: str) -> None:
-        s.execute(delete(ResultRow).where(ResultRow.batch_id == batch_id))
-
-    def log(self, batch_id: str, kind: str, message: str) -> None:
-        with self.db.write() as s:
-            lifecycle.log_event(s, batch_id, kind, message)
+                .where(WorkUnitRow.batch_id == batch_id, WorkUnitRow.status != UnitStatus.DONE)
+                .values(status=UnitStatus.CLOSED, lease_token=None, lease_expires_at=None)
+            )

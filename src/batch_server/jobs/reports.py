@@ -27,11 +27,11 @@ from batch_server.estimates import (
     plan,
 )
 from batch_server.jobs.lifecycle import LIVE
+from batch_server.jobs.manager import WORKER_FRESH_SECONDS
 from batch_server.jobs.queue import RUN_ORDER
 from batch_server.jobs.validation import iter_lines
 from batch_server.storage import FileStore
 
-WORKER_FRESH_SECONDS = 15.0
 # A first line's max_tokens above this counts as this much in a waiting batch's ETA.
 MAX_TOKENS_SEEN = 1_000_000
 # Bytes of one input line a view holds (a longer one is shown cut, as text that is not JSON).

@@ -15,14 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from sqlalchemy import insert, update
-
 from batch_server import limits
 from batch_server.config import Settings
-from batch_server.db.session import Database
-from batch_server.db.tables import BatchRow, WorkUnitRow
 from batch_server.jobs import lifecycle
-from batch_server.jobs.queue import Queue, describe_error
+from batch_server.jobs.manager import JobManager
+from batch_server.jobs.queue import describe_error
+from batch_server.statuses import BatchStatus
 from batch_server.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -284,16 +282,17 @@ def validate_input(
 
 
 def validate_batch(
-    db: Database, store: FileStore, queue: Queue, settings: Settings, batch_id: str, token: str
-) -> str:
+    jobs: JobManager, store: FileStore, settings: Settings, batch_id: str, token: str
+) -> BatchStatus:
     """The worker's validation step: validate the input file, then move the batch to
     ``in_progress`` with its work units, or to ``failed`` with the errors. A file that
     cannot be read is tried again with backoff, and after ``engine_max_attempts`` the batch
     fails (``input_unreadable``)."""
-    with db.read() as s:
+    with jobs.db.read() as s:
         batch = lifecycle.get_batch(s, batch_id)
         assert batch is not None
         max_requests = limits.for_owner(s, settings, batch.owner).max_requests_per_batch
+    unchanged = BatchStatus(batch.status)
     try:
         with store.open(batch.input_file_id) as fh:
             result = validate_input(
@@ -302,59 +301,30 @@ def validate_batch(
     except Exception as exc:  # the storage, not the file's lines
         log.exception("could not read the input of %s", batch_id)
         error = describe_error(exc)
-        attempts = settings.engine_max_attempts
-        failures = queue.step_failed(
-            batch_id, token, "validate_error", "validation", error, attempts
-        )
-        if failures is None or failures < attempts:
-            return batch.status
+        failures = jobs.step_failed(batch_id, token, "validate_error", "validation", error)
+        if failures is None or failures < jobs.max_attempts:
+            return unchanged
         message = f"The input file could not be read ({failures} attempts): {error}"
         result = Validation(
             errors=[{"code": "input_unreadable", "message": message, "param": None, "line": None}]
         )
-    with db.write() as s:
-        owned = s.execute(
-            update(BatchRow)
-            .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
-            .values(lease_token=None, lease_expires_at=None)
-        ).rowcount
-        if not owned:
-            return batch.status
-        if result.errors:
-            lifecycle.transition(
-                s,
-                batch_id,
-                "failed",
-                f"validation failed: {len(result.errors)} error(s)",
-                errors=result.errors,
-            )
-            return "failed"
-        model = next(iter(result.models)) if len(result.models) == 1 else batch.model
-        if not lifecycle.transition(
-            s,
-            batch_id,
-            "in_progress",
-            f"validated: {result.total} requests in {len(result.units)} units",
-            total=result.total,
-            model=model,
-        ):
-            return batch.status  # cancelled or expired meanwhile
-        s.execute(
-            insert(WorkUnitRow),
-            [
-                {
-                    "batch_id": batch_id,
-                    "index": u.index,
-                    "model": u.model,
-                    "first_request": u.first_request,
-                    "request_count": u.request_count,
-                    "byte_start": u.byte_start,
-                    "byte_end": u.byte_end,
-                    "status": "pending",
-                    "attempts": 0,
-                    "engine_failures": 0,
-                }
-                for u in result.units
-            ],
-        )
-    return "in_progress"
+    if result.errors:
+        failed = jobs.fail_validation(batch_id, token, result.errors)
+        return BatchStatus.FAILED if failed else unchanged
+    model = next(iter(result.models)) if len(result.models) == 1 else batch.model
+    units = [
+        {
+            "index": u.index,
+            "model": u.model,
+            "first_request": u.first_request,
+            "request_count": u.request_count,
+            "byte_start": u.byte_start,
+            "byte_end": u.byte_end,
+            "attempts": 0,
+            "engine_failures": 0,
+        }
+        for u in result.units
+    ]
+    message = f"validated: {result.total} requests in {len(result.units)} units"
+    started = jobs.start_units(batch_id, token, result.total, model, units, message)
+    return BatchStatus.IN_PROGRESS if started else unchanged

@@ -1,0 +1,129 @@
+"""The worker's one engine slot: the loaded engine, loading another model's, and the
+restart policy for an engine whose memory has grown."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from batch_server import metrics
+from batch_server.config import Settings
+from batch_server.engines import start_engine
+from batch_server.engines.base import EngineFailure
+from batch_server.engines.process import EngineProcess
+from batch_server.jobs.manager import JobManager
+from batch_server.statuses import WorkerState
+from batch_server.worker.presence import Presence
+
+log = logging.getLogger(__name__)
+
+WARM_REQUESTS = 256  # finished requests after which an engine's memory is its baseline
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    """When an engine must be restarted between runs. Its host memory can grow with every
+    request it serves (vLLM's CPU worker does, by a few KB per request); ending its
+    process tree is the one remedy that works whatever the cause."""
+
+    cap_mib: int | None  # the model's max_memory_mb
+    growth_limit: float | None  # engine_memory_growth_limit: a factor of the warm baseline
+    unit_size: int  # the model's requests per unit
+
+    def restart_reason(self, rss: int, warm: int | None, results: int, runs: int) -> str | None:
+        """Why an engine using ``rss`` bytes (``warm`` once warm) after ``results``
+        requests in ``runs`` runs must restart, if it must."""
+        mib = rss / 2**20
+        if self.cap_mib and mib > self.cap_mib:
+            reason = f"uses {mib:.0f} MiB, above its max_memory_mb ({self.cap_mib})"
+            if runs == 1 and results <= self.unit_size:
+                reason += (
+                    f"; it was above that after {results} requests, so max_memory_mb "
+                    "is too low for this model and every unit reloads it"
+                )
+            return reason
+        if self.growth_limit and warm and rss > self.growth_limit * warm:
+            return (
+                f"grew from {warm / 2**20:.0f} MiB once warm to "
+                f"{mib:.0f} MiB (engine_memory_growth_limit {self.growth_limit})"
+            )
+        return None
+
+
+class EngineSlot:
+    def __init__(self, settings: Settings, jobs: JobManager, presence: Presence) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.presence = presence
+        self.engine: EngineProcess | None = None
+
+    @property
+    def model_id(self) -> str | None:
+        return self.engine.model_id if self.engine else None
+
+    def memory_bytes(self) -> int:
+        return self.engine.memory_bytes() if self.engine else 0
+
+    def engine_for(self, model_id: str) -> EngineProcess:
+        """The engine of ``model_id``, loaded in place of the current one if need be."""
+        if self.engine is not None and self.engine.model_id == model_id:
+            return self.engine
+        self.close()
+        spec = self.settings.models.get(model_id)
+        if spec is None:
+            raise EngineFailure(f"model {model_id!r} is not in this worker's registry")
+        state, batch_id = self.presence.engine_state, self.presence.engine_batch
+        self.presence.engine(WorkerState.LOADING, batch_id)
+        started = time.monotonic()
+        try:
+            self.engine = start_engine(
+                model_id, spec, self.settings.data_dir, self.settings.engine_start_timeout
+            )
+        finally:
+            self.presence.engine(state, batch_id)
+        seconds = time.monotonic() - started
+        log.info("loaded %s in %.1fs", model_id, seconds)
+        labels = {"model": model_id}
+        metrics.count(self.jobs.db, "engine_loads", labels)
+        metrics.count(self.jobs.db, "engine_load_seconds_sum", labels, seconds)
+        return self.engine
+
+    def preload(self, model_id: str) -> None:
+        try:
+            self.engine_for(model_id)
+        except EngineFailure as exc:
+            log.error("could not preload %s: %s", model_id, exc)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.close()
+
+    def restart_reason(self, engine: EngineProcess) -> str | None:
+        """Why the engine should be restarted before it takes more work, if it should."""
+        rss = engine.memory_bytes()
+        # The baseline is taken once the engine is warm: a first unit of a few requests
+        # has not yet touched the buffers that later, fuller batches use.
+        if engine.warm_memory is None and engine.results >= WARM_REQUESTS:
+            engine.warm_memory = rss
+        spec = self.settings.models.get(engine.model_id)
+        policy = MemoryPolicy(
+            cap_mib=spec.max_memory_mb if spec else None,
+            growth_limit=self.settings.engine_memory_growth_limit,
+            unit_size=self.settings.unit_size_for(engine.model_id),
+        )
+        return policy.restart_reason(rss, engine.warm_memory, engine.results, engine.runs)
+
+    def restart_if_grown(self, batch_id: str, reason: str | None = None) -> None:
+        """Restart the engine after a run (no request in flight) if its memory has grown
+        past the limits, or for ``reason`` (found during the run)."""
+        engine = self.engine
+        if engine is not None and reason is None:
+            reason = self.restart_reason(engine)
+        if engine is None or reason is None:
+            return
+        log.warning("restarting the engine for %s: it %s", engine.model_id, reason)
+        self.close()
+        self.jobs.log(batch_id, "engine", f"engine for {engine.model_id} restarted: it {reason}")
+        metrics.count(self.jobs.db, "engine_restarts", {"model": engine.model_id})

@@ -1,0 +1,262 @@
+"""Engine runs: a claimed unit on its model's engine, fed further units of that model
+while the engine still has requests in hand, results stored as they finish.
+
+A run that must stop (a cancel, a lost lease) gives its other units back to run again at
+once. A unit whose engine failed in every earlier attempt runs isolated, one request
+per engine run, so a request that kills the engine fails alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from batch_server.config import Settings
+from batch_server.engines.base import EngineRequest, EngineResult
+from batch_server.engines.process import EngineProcess
+from batch_server.estimates import SampleRecorder
+from batch_server.jobs.manager import JobManager
+from batch_server.jobs.queue import Claim, LeaseLost, Result
+from batch_server.logs import bind
+from batch_server.statuses import WorkerState
+from batch_server.storage import FileStore
+from batch_server.worker.convert import (
+    crashed,
+    engine_error,
+    read_requests,
+    to_result,
+    unstorable,
+)
+from batch_server.worker.engine_slot import EngineSlot
+from batch_server.worker.leases import Leases, Run
+from batch_server.worker.presence import Presence
+
+log = logging.getLogger(__name__)
+
+# Requests in a row that kill the engine in an isolated run before the engine is blamed.
+ISOLATION_CRASH_LIMIT = 3
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobManager,
+        store: FileStore,
+        slot: EngineSlot,
+        presence: Presence,
+        may_take_more: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.store = store
+        self.slot = slot
+        self.presence = presence
+        self.leases = Leases(jobs, presence.id, settings.lease_seconds)
+        # False when the worker stops or is held: the run takes no further unit
+        self.may_take_more = may_take_more
+
+    def isolate(self, claim: Claim) -> bool:
+        """Whether the unit's last attempt is due: after its engine failed in every earlier
+        one (a crash may be chance, an engine killed from outside; twice, a request is
+        suspect), it runs isolated."""
+        return claim.engine_failures >= max(1, self.settings.engine_max_attempts - 1)
+
+    def run(self, claim: Claim) -> Claim | None:
+        """Run a claimed unit, together with the further units of its model the engine asks
+        for while it still has requests in flight: the engine never drains between units.
+        Returns a unit claimed during the run that must run next (another model's)."""
+        if self.isolate(claim):
+            self._run_isolated(claim)
+            return None
+        run = Run()
+        requests = self._add_unit(run, claim)
+        if not requests:
+            return None
+        failure: Exception | None = None
+        with self.leases.held(run) as stop:
+            try:
+                engine = self.slot.engine_for(claim.model)
+            except Exception as exc:
+                log.error("engine for %s failed to start: %s", claim.model, exc)
+                self.leases.release(run, engine_error(exc))
+                return run.next_claim
+            results = engine.run(requests, stop.is_set, more=lambda: self._more(run, engine, stop))
+            try:
+                with contextlib.closing(results):
+                    for result in results:
+                        if not self._take_result(run, result, stop):
+                            break
+            except Exception as exc:  # the engine itself broke: retry elsewhere/later
+                log.exception("engine for %s failed during unit %s", claim.model, claim.unit_id)
+                failure = exc
+        if failure is not None:
+            self.slot.close()
+            self.leases.release(run, engine_error(failure))
+        else:
+            # units left after a stop: their unfinished requests (a failed attempt if their
+            # results could not be stored)
+            self.leases.release(run, run.store_error)
+            self.slot.restart_if_grown(self.presence.engine_batch or claim.batch_id, run.restart)
+        return run.next_claim
+
+    def _run_isolated(self, claim: Claim) -> None:
+        """Run a unit whose earlier runs ended with its engine failing, one request per
+        engine run, so a request that kills the engine is known: it fails alone
+        (``engine_crashed``), the engine is restarted and the unit goes on. Only when
+        :data:`ISOLATION_CRASH_LIMIT` requests in a row kill it is the engine to blame: the
+        unit goes back with the engine's error, as after any engine failure."""
+        run = Run()
+        requests = self._add_unit(run, claim)
+        if not requests:
+            return
+        self.jobs.log(
+            claim.batch_id,
+            "unit",
+            f"unit {claim.index}: its last run ended with the engine failing; its requests "
+            "run one at a time, so one that kills the engine fails alone",
+        )
+        failure: str | None = None
+        in_a_row = 0
+        with self.leases.held(run) as stop:
+            for req in requests:
+                if stop.is_set():
+                    break
+                try:
+                    engine = self.slot.engine_for(claim.model)
+                except Exception as exc:  # it cannot start: the engine's own failure
+                    failure = engine_error(exc)
+                    break
+                try:
+                    results = list(engine.run([req], stop.is_set))
+                except Exception as exc:  # it failed on this very request
+                    self.slot.close()
+                    in_a_row += 1
+                    if in_a_row >= ISOLATION_CRASH_LIMIT:
+                        failure = engine_error(exc)
+                        break
+                    self.jobs.log(
+                        claim.batch_id,
+                        "engine_error",
+                        f"request {req.custom_id[:200]!r} failed alone: the engine failed "
+                        f"while running it ({engine_error(exc)[:1000]}); it is restarted",
+                    )
+                    results = [crashed(req.index, exc)]
+                else:
+                    in_a_row = 0 if results else in_a_row
+                if not all(self._take_result(run, r, stop) for r in results):
+                    break
+        self.leases.release(run, failure or run.store_error)
+
+    def _take_result(self, run: Run, result: EngineResult, stop: threading.Event) -> bool:
+        """Store a finished request and complete its unit when it was the unit's last;
+        ``False`` when the run must stop (a lease lost, or the database refusing)."""
+        unit, result = run.finish(result)
+        stored = to_result(result, unit.custom_ids[result.index])
+        try:
+            self._store(unit.claim, stored)
+            run.samples[unit.claim.batch_id].add(stored.input_tokens, stored.output_tokens)
+            if unit.left == 0:
+                # out of the run first: its renewals fail once it is complete
+                run.units.pop(unit.claim.unit_id)
+                if self.jobs.complete_unit(unit.claim):
+                    self.jobs.wake_workers()  # finalize it now
+        except LeaseLost:
+            run.units.pop(unit.claim.unit_id, None)
+            self.leases.fenced(unit.claim)
+            stop.set()  # the run's other units go back to the queue
+            return False
+        except Exception as exc:  # the database, not the engine: stop, retry later
+            log.exception("could not store a result of unit %s", unit.claim.index)
+            run.units.setdefault(unit.claim.unit_id, unit)  # released after the run
+            run.store_error = f"could not store a result: {type(exc).__name__}: {exc}"
+            stop.set()
+            return False
+        return True
+
+    def _store(self, claim: Claim, result: Result) -> None:
+        """Store one result. One the database refuses (it should not happen: odd input is
+        refused at the door) is replaced by an error line for that request alone, so one
+        odd result never sends its unit back to the queue for ever; if that is refused too,
+        the database itself is failing and the error propagates."""
+        try:
+            self.jobs.record(claim, [result], self.presence.id)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            log.exception(
+                "result %s of %s refused; stored as an error", result.request_index, claim.batch_id
+            )
+            self.jobs.record(claim, [unstorable(result, exc)], self.presence.id)
+
+    def _add_unit(self, run: Run, claim: Claim) -> list[EngineRequest]:
+        """The unit's unfinished requests, numbered for this run (a unit with none left is
+        completed at once; one whose input cannot be read goes back as a failed attempt)."""
+        done = self.jobs.done_indexes(claim)
+        try:
+            requests = [r for r in read_requests(self.store, claim) if r.index not in done]
+        except Exception as exc:  # the storage, not the engine; counted all the same
+            log.exception("could not read the input of unit %s", claim.index)
+            error = f"could not read its input: {type(exc).__name__}: {exc}"
+            self.leases.release_unit(claim, error)
+            return []
+        # joining a run: the engine had these requests (of earlier units) still in hand
+        joined = f"; joins {len(run.slots)} still running" if run.slots else ""
+        self.jobs.log(
+            claim.batch_id,
+            "unit",
+            f"unit {claim.index} on {self.presence.id}: {len(requests)} to run, "
+            f"{len(done)} already finished{joined}",
+        )
+        if not requests:
+            try:
+                if self.jobs.complete_unit(claim):
+                    self.jobs.wake_workers()
+            except LeaseLost:
+                self.leases.fenced(claim)
+            return []
+        if claim.batch_id not in run.samples:
+            run.samples[claim.batch_id] = SampleRecorder(
+                self.jobs.db, claim.batch_id, claim.model, self.presence.id
+            )
+        return run.add(claim, requests)
+
+    def _more(self, run: Run, engine: EngineProcess, stop: threading.Event) -> list[EngineRequest]:
+        """The next unit of the engine's model, for an engine that could take more now; none
+        when the worker is stopping or held, the engine needs a restart, or the next unit
+        in line is of another model (the run drains, and that unit runs next).
+
+        A failure here (the database, an input file) only ends the run's feeding: it is not
+        the engine's, and a unit claimed but not yet added goes back to the queue.
+        """
+        claim: Claim | None = None
+        try:
+            while not (stop.is_set() or run.next_claim) and self.may_take_more():
+                run.restart = self.slot.restart_reason(engine)
+                if run.restart:
+                    return []
+                claim = self.jobs.claim_unit(self.presence.id, prefer_model=engine.model_id)
+                if claim is None:
+                    return []
+                if claim.unit_id in run.units:  # its lease lapsed while it ran here
+                    self.leases.give_back(claim)
+                    claim = None
+                    stop.set()
+                    return []
+                if claim.model != engine.model_id or self.isolate(claim):
+                    # runs after this run (isolated, if its engine failed): the run's
+                    # heartbeat keeps its lease alive meanwhile
+                    run.next_claim = claim
+                    return []
+                self.presence.engine(WorkerState.RUNNING, claim.batch_id)
+                with bind(batch_id=claim.batch_id):
+                    requests = self._add_unit(run, claim)
+                if requests:
+                    return requests
+        except Exception:
+            log.exception("could not add the next unit to the running engine")
+            if claim is not None and claim.unit_id not in run.units:
+                self.leases.give_back(claim)
+        return []
