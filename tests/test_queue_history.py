@@ -63,7 +63,7 @@ def test_queue_order_priority_and_unknown_eta(fresh: Cluster) -> None:
     by_id = {e["id"]: e for e in queue["data"]}
     assert [by_id[x]["position"] for x in (a.id, c.id, b.id)] == [1, 2, 3]
     assert by_id[b.id]["jobs_ahead"] == 2
-    # validation waits for the worker's current unit; either way it has not started
+    # validated at once (or about to be); either way it has not started
     assert by_id[b.id]["state"] in ("waiting", "validating")
     assert by_id[b.id]["eta"]["seconds"] is None or by_id[b.id]["eta"]["basis"] != "unknown"
     assert by_id[c.id]["priority"] == 5

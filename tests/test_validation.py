@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from conftest import chat_line, read_lines, submit, upload, wait_for
+from conftest import TERMINAL, chat_line, read_lines, submit, upload, wait_for
 
 
 def _failed(client: openai.OpenAI, lines: list, **kwargs) -> list[dict]:
@@ -114,3 +114,24 @@ def test_a_good_batch_after_a_broken_one_still_runs(client: openai.OpenAI) -> No
     batch = wait_for(client, submit(client, [GOOD]).id)
     assert batch.status == "completed"
     assert read_lines(client, batch.output_file_id)[0]["custom_id"] == "good"
+
+
+def test_validation_does_not_wait_for_the_engine(client: openai.OpenAI) -> None:
+    """While the engine works through a long unit of one batch, a new batch is validated at
+    once: a broken file fails in seconds and a good one is in progress, not left
+    ``validating`` until the engine's run ends."""
+    long_lines = [
+        chat_line(f"long-{i}", "Count to one hundred.", max_tokens=200) for i in range(30)
+    ]
+    busy = submit(client, long_lines)
+    wait_for(client, busy.id, ("in_progress",), predicate=lambda b: b.request_counts.total == 30)
+
+    broken = submit(client, [GOOD, "not json"])
+    good = submit(client, [chat_line("quick-1", "hi", max_tokens=2), chat_line("quick-2", "hi")])
+    assert wait_for(client, broken.id, timeout=15).status == "failed"
+    moved = ("in_progress", "finalizing", *TERMINAL)
+    assert wait_for(client, good.id, moved, timeout=15).status != "failed"
+    assert client.batches.retrieve(busy.id).status == "in_progress"  # still at its long unit
+    client.batches.cancel(busy.id)
+    wait_for(client, busy.id)
+    assert wait_for(client, good.id).status == "completed"

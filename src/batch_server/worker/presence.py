@@ -38,13 +38,20 @@ class Presence:
         self.step_batch: str | None = None
         self._started = time.time()
         self._stopping = threading.Event()
+        self._changed = threading.Event()  # a state to show now, not at the next beat
         self._thread: threading.Thread | None = None
 
     def engine(self, state: WorkerState, batch_id: str | None = None) -> None:
+        changed = (state, batch_id) != (self.engine_state, self.engine_batch)
         self.engine_state, self.engine_batch = state, batch_id
+        if changed:
+            self._changed.set()
 
     def step(self, state: WorkerState, batch_id: str | None = None) -> None:
+        changed = (state, batch_id) != (self.step_state, self.step_batch)
         self.step_state, self.step_batch = state, batch_id
+        if changed:
+            self._changed.set()
 
     def shown(self) -> tuple[WorkerState, str | None]:
         if self.engine_state == WorkerState.IDLE and self.step_state != WorkerState.IDLE:
@@ -58,6 +65,7 @@ class Presence:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._changed.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         try:
@@ -78,9 +86,17 @@ class Presence:
         )
 
     def _beat(self) -> None:
-        while not self._stopping.wait(BEAT_SECONDS):
+        """Report every :data:`BEAT_SECONDS`, and at once when a state changes."""
+        last_gpu = time.monotonic()
+        while True:
+            self._changed.wait(BEAT_SECONDS)
+            self._changed.clear()
+            if self._stopping.is_set():
+                return
             try:
                 self.report()
-                metrics.report_gpus(self.jobs.db, socket.gethostname(), self.gpu.read())
+                if time.monotonic() - last_gpu >= BEAT_SECONDS:
+                    last_gpu = time.monotonic()
+                    metrics.report_gpus(self.jobs.db, socket.gethostname(), self.gpu.read())
             except Exception:
                 log.exception("worker heartbeat failed")
