@@ -37,17 +37,19 @@ from batch_server.storage import FileStore
 
 log = logging.getLogger(__name__)
 
-UNEXECUTED = {
-    "cancelled": (
+B = BatchStatus
+# the error line of a request that never ran, by the batch's outcome
+UNEXECUTED: dict[BatchStatus, tuple[str, str]] = {
+    B.CANCELLED: (
         "batch_cancelled",
         "This request was not executed because the batch was cancelled.",
     ),
-    "expired": (
+    B.EXPIRED: (
         "batch_expired",
         "This request could not be executed before the completion window expired.",
     ),
-    "failed": ("batch_failed", "This request was not executed because the batch failed."),
-    "completed": ("internal_error", "This request has no stored result."),
+    B.FAILED: ("batch_failed", "This request was not executed because the batch failed."),
+    B.COMPLETED: ("internal_error", "This request has no stored result."),
 }
 
 FAILURE_EVENT = "finalize_error"
@@ -124,7 +126,7 @@ def _fence_units(jobs: JobManager, batch_id: str, outcome: BatchStatus) -> None:
         jobs.close_units(batch_id)
 
 
-def _write_files(db: Database, store: FileStore, batch: BatchRow, outcome: str) -> _Files:
+def _write_files(db: Database, store: FileStore, batch: BatchRow, outcome: BatchStatus) -> _Files:
     """Write the output and error files; if that fails, neither is left behind."""
     files = _Files(ids.file_id(), ids.file_id())
     try:
@@ -205,12 +207,12 @@ def _give_up(
 
 
 def _merged_lines(
-    db: Database, store: FileStore, batch: BatchRow, outcome: str
+    db: Database, store: FileStore, batch: BatchRow, outcome: BatchStatus
 ) -> Iterator[tuple[bool, str, bool]]:
     """(is_error, line, executed) in request order; requests without a result become
     error lines that were not executed."""
     results = _stored_results(db, batch.id)
-    if batch.completed + batch.failed >= batch.total and outcome == "completed":
+    if batch.completed + batch.failed >= batch.total and outcome == B.COMPLETED:
         yield from ((is_error, payload, True) for _, is_error, payload in results)
         return
     code, message = UNEXECUTED[outcome]

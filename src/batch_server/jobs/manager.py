@@ -29,7 +29,7 @@ from batch_server.db.tables import (
     WorkUnitRow,
 )
 from batch_server.jobs import lifecycle
-from batch_server.jobs.queue import RUN_ORDER, WorkQueue
+from batch_server.jobs.queue import RUN_ORDER, WorkQueue, backoff_seconds
 from batch_server.statuses import LIVE, BatchStatus, UnitStatus, WorkerState
 from batch_server.wakeup import Wakeup
 
@@ -298,7 +298,7 @@ class JobManager(WorkQueue):
                 ).scalar_one()
             )
             retry = failures < self.max_attempts
-            delay = min(2.0**failures, 300.0)
+            delay = backoff_seconds(failures)
             ours = changed(
                 s,
                 update(BatchRow)

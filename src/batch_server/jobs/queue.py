@@ -35,15 +35,22 @@ def describe_error(exc: BaseException) -> str:
     return text.encode("utf-8", "backslashreplace").decode()
 
 
+# A failed attempt (an engine run, a batch step) waits 2^n seconds, at most 5 minutes.
+BACKOFF_MAX_SECONDS = 300.0
+_BACKOFF_STEPS = 9  # 2^9 > the maximum
+
+
+def backoff_seconds(failures: int) -> float:
+    """How long to wait after the ``failures``-th failed attempt."""
+    return min(2.0**failures, BACKOFF_MAX_SECONDS)
+
+
 def _backoff(failures: ColumnElement[int]) -> ColumnElement[float]:
-    """2^failures seconds, at most 5 minutes, as SQL (the count is the row's own)."""
+    """:func:`backoff_seconds` as SQL, for a count held by the row itself."""
     return case(
-        *((failures == n, float(2**n)) for n in range(1, 9)),
+        *((failures == n, backoff_seconds(n)) for n in range(1, _BACKOFF_STEPS)),
         else_=BACKOFF_MAX_SECONDS,
     )
-
-
-BACKOFF_MAX_SECONDS = 300.0
 
 
 class LeaseLost(Exception):

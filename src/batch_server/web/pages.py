@@ -239,7 +239,10 @@ def submit_page(request: Request, ctx: Ctx) -> HTMLResponse:
 
 
 def _submit_form(
-    request: Request, ctx: Ctx, result: dict | None = None, values: dict | None = None
+    request: Request,
+    ctx: Ctx,
+    result: dict[str, Any] | None = None,
+    values: dict[str, str] | None = None,
 ) -> HTMLResponse:
     return render(
         request,
@@ -252,7 +255,7 @@ def _submit_form(
     )
 
 
-async def _check(ctx: Ctx, form: FormData) -> tuple[dict, dict]:
+async def _check(ctx: Ctx, form: FormData) -> tuple[dict[str, str], dict[str, Any]]:
     """The form's values and the dry-run validation of its file."""
     values = {k: form_text(form, k) or "" for k in ("model", "priority", "endpoint")}
     values["completion_window"] = form_text(form, "completion_window") or "24h"
@@ -355,9 +358,9 @@ async def login(request: Request, ctx: Ctx) -> Response:
     elif not row.admin:
         error = "The dashboard shows every batch: it needs an admin API key."
     if error:
-        response = render(request, "login.html", page="login", next=target, error=error)
-        response.status_code = 401 if row is None else 403
-        return response
+        refused = render(request, "login.html", page="login", next=target, error=error)
+        refused.status_code = 401 if row is None else 403
+        return refused
     response = RedirectResponse(target, status_code=303)
     https = request.url.scheme == "https"  # a trusted proxy's X-Forwarded-Proto counts
     response.set_cookie(SESSION_COOKIE, key, httponly=True, samesite="lax", secure=https, path="/")
