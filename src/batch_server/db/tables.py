@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -61,9 +63,9 @@ class BatchRow(Base):
     input_file_id: Mapped[str] = mapped_column(String(64))
     completion_window: Mapped[str] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(256))
-    metadata_: Mapped[dict | None] = mapped_column("metadata", JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    errors: Mapped[list | None] = mapped_column(JSON)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # An outcome decided while the batch runs ("expired", "failed"), carried out by
     # finalization, which then sets the matching status.
     pending_outcome: Mapped[str | None] = mapped_column(String(16))
@@ -183,7 +185,7 @@ class ApiKeyRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
     # Per-key overrides of the limits (see batch_server.limits.Limits); None = defaults.
-    limits: Mapped[dict | None] = mapped_column(JSON)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class RuntimeConfigRow(Base):
@@ -192,7 +194,7 @@ class RuntimeConfigRow(Base):
     __tablename__ = "runtime_config"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[dict] = mapped_column(JSON)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class WebhookDeliveryRow(Base):

@@ -21,7 +21,7 @@ import time
 from sqlalchemy import Integer, cast, delete, func, insert, select
 
 from batch_server.config import Settings
-from batch_server.db.session import Database
+from batch_server.db.session import Database, rowcount
 from batch_server.db.tables import ThroughputSampleRow, WebhookDeliveryRow
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def prune_webhooks(db: Database, older_than: float, now: float | None = None) ->
                 WebhookDeliveryRow.status == "delivered", WebhookDeliveryRow.delivered_at < cutoff
             )
         )
-        return int(result.rowcount or 0)
+        return rowcount(result)
 
 
 def run(db: Database, settings: Settings) -> None:
