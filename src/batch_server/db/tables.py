@@ -43,7 +43,9 @@ class FileRow(Base):
     filename: Mapped[str] = mapped_column(String(512))
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
-    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # When housekeeping deletes the file (``expires_after`` of the upload, a batch's
+    # ``output_expires_after`` for its output and error files); None: kept until deleted.
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
     status: Mapped[str] = mapped_column(String(16), default="processed")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     # The API key that owns the file (None when the server runs without keys).
@@ -71,6 +73,9 @@ class BatchRow(Base):
     pending_outcome: Mapped[str | None] = mapped_column(String(16))
     output_file_id: Mapped[str | None] = mapped_column(String(64))
     error_file_id: Mapped[str | None] = mapped_column(String(64))
+    # OpenAI's output_expires_after.seconds: the output and error files expire this long
+    # after they are created (None: they are kept until deleted).
+    output_expires_after: Mapped[int | None] = mapped_column(Integer)
 
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
