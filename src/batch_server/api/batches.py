@@ -155,6 +155,9 @@ def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> dict[str, 
         priority=priority,
         created_at=now,
         expires_at=now + window,
+        output_expires_after=(
+            body.output_expires_after.seconds if body.output_expires_after else None
+        ),
         total=0,
         completed=0,
         failed=0,

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from batch_server import ids, metrics
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, FileRow, ResultRow
-from batch_server.jobs import lifecycle
+from batch_server.jobs import lifecycle, retention
 from batch_server.jobs.queue import Queue, describe_error
 from batch_server.jobs.validation import iter_lines
 from batch_server.openai_types import unexecuted_line
@@ -203,7 +203,7 @@ def _register(s: Session, batch: BatchRow, files: _Files) -> None:
                 filename=f"{batch.id}_{suffix}.jsonl",
                 bytes=size,
                 created_at=now,
-                expires_at=None,
+                expires_at=retention.expires_at(now, batch.output_expires_after),
                 status="processed",
                 deleted=False,
                 owner=batch.owner,
