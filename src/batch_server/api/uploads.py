@@ -96,15 +96,19 @@ def form_expires_after(form: FormData, name: str) -> int | None:
     seconds = form_text(form, seconds_param)
     if anchor is None and seconds is None:
         return None
-    anchor = form_text(form, anchor_param, required=True)
+    if anchor is None or seconds is None:
+        missing = anchor_param if anchor is None else seconds_param
+        raise APIError(
+            f"Missing required parameter: '{missing}'",
+            param=missing,
+            code="missing_required_parameter",
+        )
     if anchor != "created_at":
         raise APIError(
-            f"Invalid '{anchor_param}': '{anchor}'; the only supported anchor is 'created_at'",
+            f"Invalid '{anchor_param}': '{anchor[:40]}'; the only supported anchor is 'created_at'",
             param=anchor_param,
             code="invalid_value",
         )
-    seconds = form_text(form, seconds_param, required=True)
-    assert seconds is not None
     value = int(seconds) if re.fullmatch(r"[0-9]{1,9}", seconds.strip()) else None
     if value is None or not EXPIRES_AFTER_MIN_SECONDS <= value <= EXPIRES_AFTER_MAX_SECONDS:
         raise APIError(

@@ -122,8 +122,11 @@ def delete_expired_files(db: Database, store: FileStore, now: int | None = None)
                     mark_deleted(s, file_id)
             except (NotFound, Conflict):
                 continue
-            store.delete(file_id)
             deleted += 1
+            try:
+                store.delete(file_id)
+            except Exception:  # the row is gone already; the next file is not held up
+                log.exception("could not remove the bytes of expired file %s", file_id)
 
 
 def run(db: Database, settings: Settings, store: FileStore | None = None) -> None:
