@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from batch_server import client_commands, logs
 from batch_server.config import ModelNotAvailable, Settings, load_settings
+
+if TYPE_CHECKING:
+    from batch_server.db.session import Database
 
 app = typer.Typer(
     help="vLLM Batch Server: an OpenAI-compatible Batch API for your own GPUs.",
@@ -118,7 +121,7 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 
 
-def _database(config: Path | None, data_dir: Path | None, database_url: str | None):  # noqa: ANN202
+def _database(config: Path | None, data_dir: Path | None, database_url: str | None) -> Database:
     from batch_server.db.session import Database
 
     settings = load_settings(config, data_dir=data_dir, database_url=database_url)

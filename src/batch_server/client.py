@@ -35,8 +35,16 @@ class Client:
             self._raise(resp)
         return resp
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._call(method, path, **kwargs).json()
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON object the server answered with."""
+        return _object(self._call(method, path, **kwargs), path)
+
+    def _data(self, method: str, path: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """The ``data`` list of a list answer."""
+        data = self._json(method, path, **kwargs)["data"]
+        if not isinstance(data, list):
+            raise ServerError(f"{path}: 'data' is {type(data).__name__}, not a list")
+        return data
 
     def submit(
         self,
@@ -68,11 +76,11 @@ class Client:
     def queue_entry(self, batch_id: str) -> dict[str, Any] | None:
         """The batch's position and ETA, or ``None`` once it has left the queue."""
         resp = self.http.get(f"/v1/queue/{batch_id}")
-        return resp.json() if resp.status_code == 200 else None
+        return _object(resp, f"/v1/queue/{batch_id}") if resp.status_code == 200 else None
 
     def history(self, status: str, limit: int) -> list[dict[str, Any]]:
         params = {"status": status, "limit": limit}
-        return self._json("GET", "/v1/jobs/history", params=params)["data"]
+        return self._data("GET", "/v1/jobs/history", params=params)
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/batches/{batch_id}/cancel")
@@ -81,7 +89,7 @@ class Client:
         return self._json("POST", f"/v1/batches/{batch_id}/priority", json={"priority": priority})
 
     def models(self) -> list[dict[str, Any]]:
-        return self._json("GET", "/v1/models")["data"]
+        return self._data("GET", "/v1/models")
 
     def download(self, file_id: str, dest: Path | None) -> int:
         """Stream a file's bytes to ``dest`` (or return them to stdout when ``None``)."""
@@ -111,3 +119,10 @@ class Client:
         except (ValueError, KeyError, TypeError):
             message = resp.text[:500]
         raise ServerError(f"{resp.status_code}: {message}")
+
+
+def _object(resp: httpx.Response, path: str) -> dict[str, Any]:
+    body = resp.json()
+    if not isinstance(body, dict):
+        raise ServerError(f"{path}: the answer is {type(body).__name__}, not a JSON object")
+    return body

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from batch_server.client import DEFAULT_URL, Client, ServerError
+from batch_server.client import DEFAULT_URL as DEFAULT_URL  # the commands' default, for cli
+from batch_server.client import Client, ServerError
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 

@@ -187,7 +187,8 @@ class Settings(BaseSettings):
         "times the resident memory they used once warm (after 256 requests; 0: never)",
     )
     housekeeping_seconds: float = Field(
-        default=600.0, description="How often a worker compacts samples and prunes old rows"
+        default=600.0,
+        description="How often a worker compacts samples, prunes old rows, deletes expired files",
     )
     sample_compact_after_seconds: float = Field(
         default=7200.0,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import psutil
 
@@ -53,7 +53,13 @@ def hold_reason(
     return None
 
 
-def host_status(max_memory_percent: float, discount_bytes: int = 0) -> dict[str, Any]:
+class HostStatus(TypedDict):
+    memory_percent: float
+    max_memory_percent: float
+    hold_reason: str | None  # why new work waits, or None
+
+
+def host_status(max_memory_percent: float, discount_bytes: int = 0) -> HostStatus:
     """The ``host`` part of ``/health``: memory in use (without ``discount_bytes``, the
     memory a worker's own loaded engine holds) and whether it holds new work."""
     vm = psutil.virtual_memory()

@@ -9,7 +9,7 @@ import time
 
 from sqlalchemy import exists, select, update
 
-from batch_server.db.session import Database
+from batch_server.db.session import Database, rowcount
 from batch_server.db.tables import ApiKeyRow
 
 TOKEN_PREFIX = "bsk-"
@@ -45,11 +45,13 @@ def list_keys(db: Database) -> list[ApiKeyRow]:
 def revoke_key(db: Database, key_id: str) -> bool:
     with db.write() as s:
         return bool(
-            s.execute(
-                update(ApiKeyRow)
-                .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
-                .values(revoked_at=int(time.time()))
-            ).rowcount
+            rowcount(
+                s.execute(
+                    update(ApiKeyRow)
+                    .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+                    .values(revoked_at=int(time.time()))
+                )
+            )
         )
 
 

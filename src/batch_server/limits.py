@@ -106,7 +106,7 @@ def check_creation_rate(s: Session, owner: str | None, per_minute: int | None) -
         )
 
 
-def _owned_by(model: Any, owner: str | None) -> ColumnElement[bool]:
+def _owned_by(model: type[FileRow] | type[BatchRow], owner: str | None) -> ColumnElement[bool]:
     return model.owner.is_(None) if owner is None else model.owner == owner
 
 

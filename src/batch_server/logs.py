@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 batch_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("batch_id", default="-")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -80,10 +82,10 @@ class RequestContextMiddleware:
     """ASGI middleware binding a request id (and the batch id in the path) for the log lines
     of one HTTP request, and returning the request id as ``X-Request-ID``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -92,7 +94,7 @@ class RequestContextMiddleware:
         request_id = request_id or f"req_{secrets.token_hex(8)}"
         match = _BATCH_IN_PATH.match(scope.get("path", ""))
 
-        async def send_with_id(message: dict) -> None:
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]

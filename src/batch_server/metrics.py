@@ -196,7 +196,7 @@ class DatabaseCollector(Collector):
         )
         sums = {r.labels: r.value for r in by_name.get("engine_load_seconds_sum", [])}
         for r in by_name.get("engine_loads", []):
-            loads.add_metric([_parse(r.labels)["model"]], r.value, sums.get(r.labels, 0.0))
+            loads.add_metric([_parse(r.labels)["model"]], int(r.value), sums.get(r.labels, 0.0))
         yield loads
         fresh = time.time() - GAUGE_FRESH_SECONDS
         for name, doc in GAUGES.items():

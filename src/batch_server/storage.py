@@ -32,10 +32,17 @@ def check_key(key: str) -> str:
     return key
 
 
+class Writer(Protocol):
+    """What :meth:`FileStore.writer` gives: bytes go in, ``tell`` counts them."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
 class FileStore(Protocol):
-    def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
-        """Open ``key`` for writing; the bytes become visible when the block ends cleanly
-        (``write`` and ``tell`` are all a writer needs to support)."""
+    def writer(self, key: str) -> AbstractContextManager[Writer]:
+        """Open ``key`` for writing; the bytes become visible when the block ends cleanly."""
         ...
 
     def open(self, key: str) -> BinaryIO:
@@ -49,6 +56,10 @@ class FileStore(Protocol):
     def size(self, key: str) -> int: ...
 
     def delete(self, key: str) -> None: ...
+
+    def __hash__(self) -> int:
+        """Stores are hashable (by identity): caches of file contents key on them."""
+        ...
 
 
 def make_store(settings: Settings) -> FileStore:
@@ -133,10 +144,10 @@ class S3FileStore:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     @contextmanager
-    def writer(self, key: str) -> Iterator[BinaryIO]:
+    def writer(self, key: str) -> Iterator[Writer]:
         out = _MultipartWriter(self.client, self.bucket, self._key(key))
         try:
-            yield out  # type: ignore[misc]
+            yield out
             out.finish()
         except BaseException:
             out.abort()
@@ -144,7 +155,7 @@ class S3FileStore:
 
     def open(self, key: str) -> BinaryIO:
         raw = _RangeReader(self.client, self.bucket, self._key(key), self.size(key))
-        return io.BufferedReader(raw, CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(raw, CHUNK)
 
     def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         if end is not None and end <= start:

@@ -37,7 +37,7 @@ from standardwebhooks.webhooks import Webhook
 from batch_server import metrics
 from batch_server.config import Settings
 from batch_server.db.dialect import skip_locked
-from batch_server.db.session import Database
+from batch_server.db.session import Database, rowcount
 from batch_server.db.tables import BatchRow, RuntimeConfigRow, WebhookDeliveryRow
 from batch_server.errors import APIError
 from batch_server.logs import bind
@@ -301,19 +301,21 @@ def status_changed(s: Session, batch_id: str, status: str) -> None:
 def maybe_progress(s: Session, batch_id: str, interval: float) -> None:
     """Enqueue ``batch.progress`` at most once per ``interval`` seconds per batch."""
     now = time.time()
-    due = s.execute(
-        update(BatchRow)
-        .where(
-            BatchRow.id == batch_id,
-            BatchRow.webhook_events.contains("batch.progress"),
-            or_(
-                BatchRow.webhook_progress_at.is_(None),
-                BatchRow.webhook_progress_at <= now - interval,
-            ),
+    due = rowcount(
+        s.execute(
+            update(BatchRow)
+            .where(
+                BatchRow.id == batch_id,
+                BatchRow.webhook_events.contains("batch.progress"),
+                or_(
+                    BatchRow.webhook_progress_at.is_(None),
+                    BatchRow.webhook_progress_at <= now - interval,
+                ),
+            )
+            .values(webhook_progress_at=now)
+            .execution_options(synchronize_session=False)
         )
-        .values(webhook_progress_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    )
     if due:
         enqueue(s, batch_id, "batch.progress")
 
@@ -327,9 +329,9 @@ def signing_secret(db: Database, settings: Settings) -> str:
     if settings.webhook_secret:
         return settings.webhook_secret
     with db.read() as s:
-        row = s.get(RuntimeConfigRow, SECRET_KEY)
-        if row is not None:
-            return row.value["secret"]
+        stored = _stored_secret(s)
+    if stored is not None:
+        return stored
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     try:
         with db.write() as s:
@@ -337,7 +339,15 @@ def signing_secret(db: Database, settings: Settings) -> str:
     except IntegrityError:
         pass  # another process made one first
     with db.read() as s:
-        return s.get(RuntimeConfigRow, SECRET_KEY).value["secret"]  # type: ignore[union-attr]
+        stored = _stored_secret(s)
+    if stored is None:
+        raise RuntimeError("the generated webhook secret was not stored")
+    return stored
+
+
+def _stored_secret(s: Session) -> str | None:
+    row = s.get(RuntimeConfigRow, SECRET_KEY)
+    return None if row is None else str(row.value["secret"])
 
 
 def signed_headers(secret: str, msg_id: str, payload: str, at: float) -> dict[str, str]:
@@ -498,11 +508,15 @@ class Dispatcher:
             outcome = "failed"
             values.update(next_attempt_at=now + self.backoff(row.attempts))
         with self.db.write() as s:
-            ours = s.execute(
-                update(WebhookDeliveryRow)
-                .where(WebhookDeliveryRow.seq == row.seq, WebhookDeliveryRow.lease_token == token)
-                .values(**values)
-            ).rowcount
+            ours = rowcount(
+                s.execute(
+                    update(WebhookDeliveryRow)
+                    .where(
+                        WebhookDeliveryRow.seq == row.seq, WebhookDeliveryRow.lease_token == token
+                    )
+                    .values(**values)
+                )
+            )
             if ours:
                 metrics.increment(s, "webhook_deliveries", {"outcome": outcome})
         level = logging.INFO if error is None else logging.WARNING
@@ -511,7 +525,7 @@ class Dispatcher:
     def backoff(self, attempts: int) -> float:
         """Exponential backoff with jitter: base·2^(n-1), capped, times 0.5–1.0."""
         delay = min(
-            self.settings.webhook_retry_base_seconds * 2 ** (attempts - 1),
+            self.settings.webhook_retry_base_seconds * 2.0 ** (attempts - 1),
             self.settings.webhook_retry_max_seconds,
         )
         return delay * random.uniform(0.5, 1.0)
@@ -520,9 +534,11 @@ class Dispatcher:
 def retry_dead(s: Session, delivery_id: str) -> bool:
     """Send a dead delivery again, with a fresh set of attempts."""
     return bool(
-        s.execute(
-            update(WebhookDeliveryRow)
-            .where(WebhookDeliveryRow.id == delivery_id, WebhookDeliveryRow.status == "dead")
-            .values(status="pending", attempts=0, next_attempt_at=time.time(), last_error=None)
-        ).rowcount
+        rowcount(
+            s.execute(
+                update(WebhookDeliveryRow)
+                .where(WebhookDeliveryRow.id == delivery_id, WebhookDeliveryRow.status == "dead")
+                .values(status="pending", attempts=0, next_attempt_at=time.time(), last_error=None)
+            )
+        )
     )

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select, update
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -16,21 +16,36 @@ from batch_server import ids, limits
 from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, check_limit, paginate
 from batch_server.api.openapi import FILE_FIELD, multipart_body
-from batch_server.api.uploads import form_file, form_text, read_form, safe_filename
+from batch_server.api.uploads import (
+    form_expires_after,
+    form_file,
+    form_text,
+    read_form,
+    safe_filename,
+)
 from batch_server.app_context import AppContext
-from batch_server.db.tables import BatchRow, FileRow
-from batch_server.errors import APIError, Conflict, NotFound
-from batch_server.jobs.lifecycle import LIVE
-from batch_server.jobs.manager import lock_live_file
+from batch_server.db.tables import FileRow
+from batch_server.errors import APIError, NotFound
+from batch_server.jobs.retention import (
+    EXPIRES_AFTER_MAX_SECONDS,
+    EXPIRES_AFTER_MIN_SECONDS,
+    expires_at,
+    mark_deleted,
+)
 from batch_server.openai_types import FILE_PURPOSES, file_object, list_object
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
 async def store_upload(
-    ctx: AppContext, upload: UploadFile, purpose: str, who: Principal
+    ctx: AppContext,
+    upload: UploadFile,
+    purpose: str,
+    who: Principal,
+    expires_after: int | None = None,
 ) -> FileRow:
-    """Copy an uploaded (disk-spooled) file into the store and register it."""
+    """Copy an uploaded (disk-spooled) file into the store and register it (to expire
+    ``expires_after`` seconds after its creation, if given)."""
     if purpose not in FILE_PURPOSES:
         raise APIError(
             f"Invalid purpose '{purpose}'; expected one of {', '.join(FILE_PURPOSES)}",
@@ -46,13 +61,14 @@ async def store_upload(
             return out.tell()
 
     size = await run_in_threadpool(copy)
+    now = int(time.time())
     row = FileRow(
         id=file_id,
         purpose=purpose,
         filename=safe_filename(upload.filename),
         bytes=size,
-        created_at=int(time.time()),
-        expires_at=None,
+        created_at=now,
+        expires_at=expires_at(now, expires_after),
         status="processed",
         deleted=False,
         owner=who.owner,
@@ -95,6 +111,12 @@ UPLOAD_BODY = multipart_body(
     {
         "file": FILE_FIELD,
         "purpose": {"type": "string", "enum": list(FILE_PURPOSES)},
+        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+        "expires_after[seconds]": {
+            "type": "integer",
+            "minimum": EXPIRES_AFTER_MIN_SECONDS,
+            "maximum": EXPIRES_AFTER_MAX_SECONDS,
+        },
     },
     required=["file", "purpose"],
 )
@@ -107,7 +129,8 @@ async def upload_file(request: Request, ctx: Ctx, who: Auth) -> dict:
     try:
         purpose = form_text(form, "purpose", required=True)
         assert purpose is not None
-        row = await store_upload(ctx, form_file(form), purpose, who)
+        expires_after = form_expires_after(form, "expires_after")
+        row = await store_upload(ctx, form_file(form), purpose, who, expires_after)
     finally:
         await form.close()
     return file_object(row)
@@ -155,20 +178,6 @@ def file_content(file_id: str, ctx: Ctx, who: Auth) -> StreamingResponse:
 def delete_file(file_id: str, ctx: Ctx, who: Auth) -> dict:
     row = get_file(ctx, file_id, who)
     with ctx.db.write() as s:
-        if not lock_live_file(s, file_id):  # deleted meanwhile
-            raise NotFound("file", file_id, param="file_id")
-        in_use = s.execute(
-            select(BatchRow.id)
-            .where(BatchRow.input_file_id == file_id, BatchRow.status.in_(LIVE))
-            .limit(1)
-        ).scalar()
-        if in_use:
-            raise Conflict(
-                f"File '{file_id}' is the input of batch '{in_use}', which is still "
-                "running; cancel it first",
-                param="file_id",
-                code="file_in_use",
-            )
-        s.execute(update(FileRow).where(FileRow.id == row.id).values(deleted=True))
+        mark_deleted(s, row.id)  # the rule housekeeping's expiry follows too
     ctx.store.delete(row.id)
     return {"id": row.id, "object": "file", "deleted": True}

@@ -11,6 +11,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from batch_server.api.guards import check_text
 from batch_server.errors import APIError, PayloadTooLarge
+from batch_server.jobs.retention import EXPIRES_AFTER_MAX_SECONDS, EXPIRES_AFTER_MIN_SECONDS
 
 # multipart framing around the file: boundaries, headers of the parts, small fields
 _OVERHEAD = 64 * 1024
@@ -78,6 +79,46 @@ def form_text(form: FormData, name: str, required: bool = False) -> str | None:
             )
         return None
     return str(value)
+
+
+def form_expires_after(form: FormData, name: str) -> int | None:
+    """The seconds of an expiration policy sent as OpenAI's SDKs send one in a form,
+    ``NAME[anchor]=created_at`` and ``NAME[seconds]=3600`` (1 hour to 30 days), or
+    ``None`` when neither field is there."""
+    anchor_param, seconds_param = f"{name}[anchor]", f"{name}[seconds]"
+    if form.get(name) is not None:
+        raise APIError(
+            f"Send '{name}' as the fields '{anchor_param}' and '{seconds_param}'",
+            param=name,
+            code="invalid_value",
+        )
+    anchor = form_text(form, anchor_param)
+    seconds = form_text(form, seconds_param)
+    if anchor is None and seconds is None:
+        return None
+    if anchor is None or seconds is None:
+        missing = anchor_param if anchor is None else seconds_param
+        raise APIError(
+            f"Missing required parameter: '{missing}'",
+            param=missing,
+            code="missing_required_parameter",
+        )
+    if anchor != "created_at":
+        raise APIError(
+            f"Invalid '{anchor_param}': '{anchor[:40]}'; the only supported anchor is 'created_at'",
+            param=anchor_param,
+            code="invalid_value",
+        )
+    value = int(seconds) if re.fullmatch(r"[0-9]{1,9}", seconds.strip()) else None
+    if value is None or not EXPIRES_AFTER_MIN_SECONDS <= value <= EXPIRES_AFTER_MAX_SECONDS:
+        raise APIError(
+            f"Invalid '{seconds_param}': '{seconds[:40]}'; expected a whole number of seconds "
+            f"from {EXPIRES_AFTER_MIN_SECONDS} (1 hour) to {EXPIRES_AFTER_MAX_SECONDS} "
+            "(30 days)",
+            param=seconds_param,
+            code="invalid_value",
+        )
+    return value
 
 
 def form_file(form: FormData, name: str = "file") -> UploadFile:

@@ -4,9 +4,9 @@ portable queries and let these add what the database in use needs."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, CursorResult, Executable, Select, Table
+from sqlalchemy import ColumnElement, Select, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session
 
@@ -43,9 +43,3 @@ def upsert(
         else {k: v for k, v in values.items() if k not in keys}
     )
     s.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=set_))
-
-
-def changed(s: Session, statement: Executable) -> int:
-    """Run an ``UPDATE`` or ``DELETE``; how many rows it changed (for guarded writes)."""
-    result = s.execute(statement)
-    return cast(CursorResult[Any], result).rowcount

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -41,7 +43,9 @@ class FileRow(Base):
     filename: Mapped[str] = mapped_column(String(512))
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
-    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # When housekeeping deletes the file (``expires_after`` of the upload, a batch's
+    # ``output_expires_after`` for its output and error files); None: kept until deleted.
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, index=True)
     status: Mapped[str] = mapped_column(String(16), default="processed")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     # The API key that owns the file (None when the server runs without keys).
@@ -61,14 +65,17 @@ class BatchRow(Base):
     input_file_id: Mapped[str] = mapped_column(String(64))
     completion_window: Mapped[str] = mapped_column(String(16))
     model: Mapped[str | None] = mapped_column(String(256))
-    metadata_: Mapped[dict | None] = mapped_column("metadata", JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    errors: Mapped[list | None] = mapped_column(JSON)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # An outcome decided while the batch runs ("expired", "failed"), carried out by
     # finalization, which then sets the matching status.
     pending_outcome: Mapped[str | None] = mapped_column(String(16))
     output_file_id: Mapped[str | None] = mapped_column(String(64))
     error_file_id: Mapped[str | None] = mapped_column(String(64))
+    # OpenAI's output_expires_after.seconds: the output and error files expire this long
+    # after they are created (None: they are kept until deleted).
+    output_expires_after: Mapped[int | None] = mapped_column(Integer)
 
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
@@ -183,7 +190,7 @@ class ApiKeyRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
     # Per-key overrides of the limits (see batch_server.limits.Limits); None = defaults.
-    limits: Mapped[dict | None] = mapped_column(JSON)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class RuntimeConfigRow(Base):
@@ -192,7 +199,7 @@ class RuntimeConfigRow(Base):
     __tablename__ = "runtime_config"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[dict] = mapped_column(JSON)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class WebhookDeliveryRow(Base):

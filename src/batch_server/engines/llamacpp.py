@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -43,6 +43,10 @@ from batch_server.engines.protocol import (
     usage,
 )
 
+if TYPE_CHECKING:
+    from llama_cpp.llama_grammar import LlamaGrammar
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
+
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +60,7 @@ class LlamaCppEngine:
                 "llama-cpp-python is not installed: pip install 'vllm-batch-server[llamacpp]'"
             ) from exc
         self.model_id = model_id
-        args = {"n_ctx": 2048, "n_threads": os.cpu_count() or 1, "verbose": False}
+        args: dict[str, Any] = {"n_ctx": 2048, "n_threads": os.cpu_count() or 1, "verbose": False}
         args.update(engine_args)
         try:
             self.llm = Llama(model_path=str(path), **args)
@@ -103,7 +107,11 @@ class LlamaCppEngine:
                     f"Model '{self.model_id}' has no chat template; use /v1/completions",
                     code="unsupported_endpoint",
                 )
-            formatted = self.formatter(messages=chat_messages(req.body))
+            # chat_messages checked the roles and flattened the content to text; the
+            # template reads just role and content, which llama.cpp's per-role TypedDicts
+            # (tool messages with a tool_call_id, ...) describe more narrowly.
+            messages = cast("list[ChatCompletionRequestMessage]", chat_messages(req.body))
+            formatted = self.formatter(messages=messages)
             stops = sampling.stop + [s for s in (formatted.stop or []) if s]
             prompts: list[str | list[int]] = [formatted.prompt]
             sampling.stop = stops
@@ -179,6 +187,7 @@ class LlamaCppEngine:
             message = str(exc)
             code = "context_length_exceeded" if "context window" in message else "invalid_request"
             raise RequestRejected(message, code=code) from exc
+        assert not isinstance(out, Iterator)  # an iterator only with stream=True
         if should_stop():
             raise Interrupted()
         choice = out["choices"][0]
@@ -190,9 +199,8 @@ class LlamaCppEngine:
         use = out["usage"]
         return Choice(text, finish, logprobs), use["prompt_tokens"], use["completion_tokens"]
 
-    def _grammar(self, fmt: dict[str, Any]) -> Any:
-        from llama_cpp import LlamaGrammar
-        from llama_cpp.llama_grammar import JSON_GBNF
+    def _grammar(self, fmt: dict[str, Any]) -> LlamaGrammar:
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
         schema = json_schema(fmt)
         try:

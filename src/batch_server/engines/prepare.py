@@ -46,7 +46,8 @@ def gguf_to_hf(gguf: Path, target: Path, dtype: str = "bfloat16") -> Path:
     log.info("converting %s to a Hugging Face checkpoint in %s", gguf, target)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # transformers leaves from_config unannotated
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     fresh.load_state_dict(loaded.state_dict(), strict=False)
     if getattr(config, "tie_word_embeddings", False):
         fresh.tie_weights()

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import psutil
 
@@ -221,12 +221,20 @@ class EngineProcess:
                 f"the engine process for model '{self.model_id}' {describe_exit(self.proc.poll())}"
             ) from None
 
+    @overload
+    def _receive(self, timeout: float, idle_ok: Literal[False] = False) -> tuple[Any, ...]: ...
+
+    @overload
+    def _receive(self, timeout: float, idle_ok: Literal[True]) -> tuple[Any, ...] | None: ...
+
     def _receive(self, timeout: float, idle_ok: bool = False) -> tuple[Any, ...] | None:
+        """The child's next message; ``None`` when none came in time and ``idle_ok``."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 if self.conn.poll(min(0.5, max(0.0, deadline - time.monotonic()))):
-                    return self.conn.recv()
+                    message: tuple[Any, ...] = self.conn.recv()
+                    return message
             except (EOFError, OSError):
                 pass
             code = self.proc.poll()

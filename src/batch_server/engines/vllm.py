@@ -119,7 +119,7 @@ class VllmEngine:
 
     def close(self) -> None:
         # The process host ends the whole process tree; this releases what it can first.
-        self.engine = None  # type: ignore[assignment]
+        del self.engine
         del self.llm
 
     # -- running ------------------------------------------------------------------------

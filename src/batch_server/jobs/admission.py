@@ -131,4 +131,7 @@ def admit(
         priority=priority,
         webhook_url=hook_url,
         webhook_events=hook_events,
+        output_expires_after=(
+            body.output_expires_after.seconds if body.output_expires_after else None
+        ),
     )

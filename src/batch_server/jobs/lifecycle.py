@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from batch_server import webhooks
-from batch_server.db.dialect import changed
+from batch_server.db.session import rowcount
 from batch_server.db.tables import BatchEventRow, BatchRow
 from batch_server.statuses import LIVE, OPEN, TERMINAL, BatchStatus
 
@@ -78,12 +78,13 @@ def transition(
     sources = TRANSITIONS[to]
     now = int(time.time())
     values: dict[str, Any] = {"status": to.value, f"{to.value}_at": now, **fields}
-    result = changed(
-        session,
-        update(BatchRow)
-        .where(BatchRow.id == batch_id, BatchRow.status.in_(sources))
-        .values(**values)
-        .execution_options(synchronize_session=False),
+    result = rowcount(
+        session.execute(
+            update(BatchRow)
+            .where(BatchRow.id == batch_id, BatchRow.status.in_(sources))
+            .values(**values)
+            .execution_options(synchronize_session=False),
+        )
     )
     if result != 1:
         return False
@@ -105,7 +106,9 @@ def decide(
     values: dict[str, Any] = {"pending_outcome": outcome.value}
     if code is not None:
         values["errors"] = [{"code": code, "line": None, "param": None, "message": message}]
-    done = changed(s, update(BatchRow).where(BatchRow.id == batch_id, undecided()).values(**values))
+    done = rowcount(
+        s.execute(update(BatchRow).where(BatchRow.id == batch_id, undecided()).values(**values))
+    )
     if done:
         log_event(s, batch_id, "outcome", f"batch will end as {outcome.value}")
     return bool(done)

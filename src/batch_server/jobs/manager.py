@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from batch_server import ids, metrics
 from batch_server.config import Settings
-from batch_server.db.dialect import changed, skip_locked, upsert
-from batch_server.db.session import Database
+from batch_server.db.dialect import skip_locked, upsert
+from batch_server.db.session import Database, rowcount
 from batch_server.db.tables import (
     BatchEventRow,
     BatchRow,
@@ -30,6 +30,7 @@ from batch_server.db.tables import (
 )
 from batch_server.jobs import lifecycle
 from batch_server.jobs.queue import RUN_ORDER, WorkQueue, backoff_seconds
+from batch_server.jobs.retention import expires_at, lock_live_file
 from batch_server.statuses import LIVE, BatchStatus, UnitStatus, WorkerState
 from batch_server.wakeup import Wakeup
 
@@ -55,6 +56,7 @@ class NewBatch:
     priority: int = 0
     webhook_url: str | None = None
     webhook_events: str | None = None  # comma-separated
+    output_expires_after: int | None = None  # seconds its output and error files are kept
 
 
 class BatchStep(NamedTuple):
@@ -142,6 +144,7 @@ class JobManager(WorkQueue):
             owner=new.owner,
             webhook_url=new.webhook_url,
             webhook_events=new.webhook_events,
+            output_expires_after=new.output_expires_after,
         )
         with self.db.write() as s:
             if not lock_live_file(s, new.input_file_id):
@@ -171,15 +174,16 @@ class JobManager(WorkQueue):
                 ).scalar()
                 if old is None:
                     return None
-                swapped = changed(
-                    s,
-                    update(BatchRow)
-                    .where(
-                        BatchRow.id == batch_id,
-                        lifecycle.undecided(),
-                        BatchRow.priority == old,
+                swapped = rowcount(
+                    s.execute(
+                        update(BatchRow)
+                        .where(
+                            BatchRow.id == batch_id,
+                            lifecycle.undecided(),
+                            BatchRow.priority == old,
+                        )
+                        .values(priority=priority),
                     )
-                    .values(priority=priority),
                 )
                 if swapped:
                     lifecycle.log_event(s, batch_id, "priority", f"priority {old} → {priority}")
@@ -233,11 +237,12 @@ class JobManager(WorkQueue):
     def release_batch(self, s: Session, batch_id: str, token: str) -> bool:
         """End a batch step's lease inside ``s``; ``False`` if it was no longer ours."""
         return bool(
-            changed(
-                s,
-                update(BatchRow)
-                .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
-                .values(lease_token=None, lease_expires_at=None),
+            rowcount(
+                s.execute(
+                    update(BatchRow)
+                    .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
+                    .values(lease_token=None, lease_expires_at=None),
+                )
             )
         )
 
@@ -299,14 +304,15 @@ class JobManager(WorkQueue):
             )
             retry = failures < self.max_attempts
             delay = backoff_seconds(failures)
-            ours = changed(
-                s,
-                update(BatchRow)
-                .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
-                .values(
-                    lease_token=ids.token() if retry else token,
-                    lease_expires_at=now + (delay if retry else self.lease_seconds),
-                ),
+            ours = rowcount(
+                s.execute(
+                    update(BatchRow)
+                    .where(BatchRow.id == batch_id, BatchRow.lease_token == token)
+                    .values(
+                        lease_token=ids.token() if retry else token,
+                        lease_expires_at=now + (delay if retry else self.lease_seconds),
+                    ),
+                )
             )
             if not ours:
                 return None
@@ -346,7 +352,8 @@ class JobManager(WorkQueue):
                         filename=f.filename,
                         bytes=f.size,
                         created_at=now,
-                        expires_at=None,
+                        # OpenAI: the anchor is the file's creation, not the batch's
+                        expires_at=expires_at(now, batch.output_expires_after),
                         status="processed",
                         deleted=False,
                         owner=batch.owner,
@@ -400,42 +407,37 @@ class JobManager(WorkQueue):
             WorkerRow.heartbeat_at >= time.time() - WORKER_FRESH_SECONDS
         )
         with self.db.write() as s:
-            units = changed(
-                s,
-                update(WorkUnitRow)
-                .where(
-                    WorkUnitRow.status == UnitStatus.LEASED,
-                    WorkUnitRow.lease_owner.not_in(fresh.scalar_subquery()),
+            units = rowcount(
+                s.execute(
+                    update(WorkUnitRow)
+                    .where(
+                        WorkUnitRow.status == UnitStatus.LEASED,
+                        WorkUnitRow.lease_owner.not_in(fresh.scalar_subquery()),
+                    )
+                    .values(
+                        status=UnitStatus.PENDING.value,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        lease_owner=None,
+                    ),
                 )
-                .values(
-                    status=UnitStatus.PENDING.value,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    lease_owner=None,
-                ),
             )
-            backoff = changed(
-                s,
-                update(WorkUnitRow)
-                .where(
-                    WorkUnitRow.status == UnitStatus.PENDING, WorkUnitRow.not_before.is_not(None)
+            backoff = rowcount(
+                s.execute(
+                    update(WorkUnitRow)
+                    .where(
+                        WorkUnitRow.status == UnitStatus.PENDING,
+                        WorkUnitRow.not_before.is_not(None),
+                    )
+                    .values(not_before=None),
                 )
-                .values(not_before=None),
             )
-            steps = changed(
-                s,
-                update(BatchRow)
-                .where(BatchRow.lease_token.is_not(None), BatchRow.status.in_(LIVE))
-                .values(lease_token=None, lease_expires_at=None),
+            steps = rowcount(
+                s.execute(
+                    update(BatchRow)
+                    .where(BatchRow.lease_token.is_not(None), BatchRow.status.in_(LIVE))
+                    .values(lease_token=None, lease_expires_at=None),
+                )
             )
         self.wake_workers()
         return {"units_released": units, "backoffs_cleared": backoff, "batch_steps_released": steps}
-
-
-def lock_live_file(s: Session, file_id: str) -> bool:
-    """Whether the file is live, its row locked until ``s``'s write transaction ends: a
-    batch created from the file and the file's deletion check and write under this lock,
-    so they cannot both succeed (``FOR UPDATE`` on PostgreSQL; SQLite renders none, its
-    write transactions hold the database's write lock, see ``Database.write``)."""
-    query = select(FileRow.id).where(FileRow.id == file_id, FileRow.deleted.is_(False))
-    return s.execute(query.with_for_update()).scalar() is not None

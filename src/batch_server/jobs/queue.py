@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from batch_server import ids, metrics, webhooks
-from batch_server.db.dialect import changed, skip_locked
-from batch_server.db.session import Database
+from batch_server.db.dialect import skip_locked
+from batch_server.db.session import Database, rowcount
 from batch_server.db.tables import BatchRow, ResultRow, WorkUnitRow
 from batch_server.jobs import lifecycle
 from batch_server.statuses import BatchStatus, UnitStatus
@@ -171,15 +171,16 @@ class WorkQueue:
 
     def _fence(self, s: Session, claim: Claim) -> None:
         """Renew the lease, or raise :class:`LeaseLost` if it is no longer ours."""
-        renewed = changed(
-            s,
-            update(WorkUnitRow)
-            .where(
-                WorkUnitRow.id == claim.unit_id,
-                WorkUnitRow.lease_token == claim.token,
-                WorkUnitRow.status == UnitStatus.LEASED,
+        renewed = rowcount(
+            s.execute(
+                update(WorkUnitRow)
+                .where(
+                    WorkUnitRow.id == claim.unit_id,
+                    WorkUnitRow.lease_token == claim.token,
+                    WorkUnitRow.status == UnitStatus.LEASED,
+                )
+                .values(lease_expires_at=time.time() + self.lease_seconds),
             )
-            .values(lease_expires_at=time.time() + self.lease_seconds),
         )
         if renewed != 1:
             raise LeaseLost(f"unit {claim.unit_id} is no longer leased to this worker")
@@ -305,7 +306,7 @@ class WorkQueue:
         )
         with self.db.write() as s:
             if engine_error is None:
-                return bool(changed(s, mine.values(**free)))
+                return bool(rowcount(s.execute(mine.values(**free))))
             failures = s.execute(
                 mine.values(
                     **free,

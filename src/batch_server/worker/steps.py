@@ -78,7 +78,7 @@ class BatchSteps:
             self.jobs.mark_expired()
         if now - self._last_housekeeping > self.settings.housekeeping_seconds:
             self._last_housekeeping = now
-            housekeeping.run(self.jobs.db, self.settings)
+            housekeeping.run(self.jobs.db, self.settings, self.store)
         step = self.jobs.claim_batch_step(self.presence.id)
         if step is None:
             return False
