@@ -10,25 +10,34 @@ from sqlalchemy import select
 from batch_server import keys, limits, webhooks
 from batch_server.api.auth import AdminAuth
 from batch_server.api.deps import Ctx, json_payload
-from batch_server.api.openapi import json_body
+from batch_server.api.openapi import errors, json_body
 from batch_server.db.tables import ApiKeyRow, RuntimeConfigRow, WorkerRow
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs import reports
 from batch_server.jobs.queue import Queue
 from batch_server.jobs.reports import WORKER_FRESH_SECONDS
-from batch_server.openai_types import KeyLimitsUpdate, LimitsUpdate, key_object
+from batch_server.openai_types import (
+    ApiKey,
+    ApiKeyList,
+    KeyLimitsUpdate,
+    LimitsObject,
+    LimitsUpdate,
+    ResetResult,
+    WebhookSecret,
+    WorkerList,
+)
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=errors(400, 401, 403))
 
 
 @router.get("/workers")
-def workers(ctx: Ctx, _who: AdminAuth) -> dict:
+def workers(ctx: Ctx, _who: AdminAuth) -> WorkerList:
     data = reports.workers(ctx.db, include_stale=True)
-    return {"object": "list", "data": data}
+    return WorkerList.model_validate({"object": "list", "data": data})
 
 
 @router.post("/reset-stuck")
-def reset_stuck(ctx: Ctx, _who: AdminAuth) -> dict:
+def reset_stuck(ctx: Ctx, _who: AdminAuth) -> ResetResult:
     cutoff = time.time() - WORKER_FRESH_SECONDS
     with ctx.db.read() as s:
         fresh = list(
@@ -36,17 +45,18 @@ def reset_stuck(ctx: Ctx, _who: AdminAuth) -> dict:
         )
     result = Queue(ctx.db, ctx.settings.lease_seconds).reset_stuck(fresh)
     ctx.wake.notify()
-    return {"object": "admin.reset", **result}
+    return ResetResult.model_validate({"object": "admin.reset", **result})
 
 
 @router.get("/limits")
-def get_limits(ctx: Ctx, _who: AdminAuth) -> dict:
+def get_limits(ctx: Ctx, _who: AdminAuth) -> LimitsObject:
     with ctx.db.read() as s:
-        return {"object": "limits", **limits.server_limits(s, ctx.settings).as_dict()}
+        server = limits.server_limits(s, ctx.settings)
+    return LimitsObject.model_validate({"object": "limits", **server.as_dict()})
 
 
 @router.patch("/limits", openapi_extra=json_body(LimitsUpdate))
-async def set_limits(request: Request, ctx: Ctx, _who: AdminAuth) -> dict:
+async def set_limits(request: Request, ctx: Ctx, _who: AdminAuth) -> LimitsObject:
     """Change server-wide limits at run time (kept in the database, for every process)."""
     values = limits.check_overrides(await json_payload(request))
     with ctx.db.write() as s:
@@ -59,12 +69,12 @@ async def set_limits(request: Request, ctx: Ctx, _who: AdminAuth) -> dict:
 
 
 @router.get("/keys")
-def list_keys(ctx: Ctx, _who: AdminAuth) -> dict:
-    return {"object": "list", "data": [key_object(k) for k in keys.list_keys(ctx.db)]}
+def list_keys(ctx: Ctx, _who: AdminAuth) -> ApiKeyList:
+    return ApiKeyList(data=[ApiKey.from_row(k) for k in keys.list_keys(ctx.db)])
 
 
-@router.patch("/keys/{key_id}", openapi_extra=json_body(KeyLimitsUpdate))
-async def set_key_limits(key_id: str, request: Request, ctx: Ctx, _who: AdminAuth) -> dict:
+@router.patch("/keys/{key_id}", openapi_extra=json_body(KeyLimitsUpdate), responses=errors(404))
+async def set_key_limits(key_id: str, request: Request, ctx: Ctx, _who: AdminAuth) -> ApiKey:
     """Per-key limits: ``{"limits": {"max_queued_requests": 100, …}}`` (null removes one)."""
     values = await json_payload(request)
     if not isinstance(values, dict) or set(values) - {"limits"}:
@@ -76,10 +86,10 @@ async def set_key_limits(key_id: str, request: Request, ctx: Ctx, _who: AdminAut
             raise NotFound("key", key_id, param="key_id")
         merged = {**(row.limits or {}), **new}
         row.limits = {k: v for k, v in merged.items() if v is not None} or None
-        return key_object(row)
+        return ApiKey.from_row(row)
 
 
 @router.get("/webhook-secret")
-def webhook_secret(ctx: Ctx, _who: AdminAuth) -> dict:
+def webhook_secret(ctx: Ctx, _who: AdminAuth) -> WebhookSecret:
     """The whsec_ secret receivers verify deliveries with."""
-    return {"object": "webhook.secret", "secret": webhooks.signing_secret(ctx.db, ctx.settings)}
+    return WebhookSecret(secret=webhooks.signing_secret(ctx.db, ctx.settings))

@@ -15,7 +15,8 @@ from batch_server.jobs.validation import strict_json
 
 
 def context(request: Request) -> AppContext:
-    return request.app.state.ctx
+    ctx: AppContext = request.app.state.ctx
+    return ctx
 
 
 Ctx = Annotated[AppContext, Depends(context)]

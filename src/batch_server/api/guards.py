@@ -24,20 +24,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batch_server.config import Settings
 from batch_server.errors import APIError
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
