@@ -4,16 +4,18 @@ signatures, so that it describes the real API (clients and the fuzzer see every 
 - request bodies of routes that read their body themselves (multipart uploads streamed
   with a limit, JSON answered with OpenAI's error codes rather than FastAPI's 422);
 - the error responses (:func:`errors`), all of OpenAI's shape, instead of FastAPI's own
-  422 body; and the responses that are not JSON (:func:`binary_response`).
+  422 body; and the responses that are not JSON (:func:`binary_response`);
+- the webhook requests the server sends (:func:`document_webhooks`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
+from fastapi import FastAPI, Response
 from pydantic import BaseModel
 
-from batch_server.openai_types import ErrorResponse
+from batch_server.openai_types import ErrorResponse, WebhookEvent, WebhookEventType
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -100,3 +102,29 @@ def binary_response(media_type: str, description: str) -> dict[int | str, dict[s
     """The 200 response of a route that sends bytes (or text) rather than JSON."""
     schema = {"type": "string"} if media_type.startswith("text/") else BINARY
     return {200: {"description": description, "content": {media_type: {"schema": schema}}}}
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+
+def document_webhooks(app: FastAPI) -> None:
+    """Describe the webhook requests this server sends (one per event type, each with a
+    :class:`~batch_server.openai_types.WebhookEvent` body) in the document's ``webhooks``
+    section (OpenAPI 3.1). Documentation only: no route is added."""
+    for event in get_args(WebhookEventType):
+
+        def receive(body: WebhookEvent) -> None:
+            """Signed per Standard Webhooks (``webhook-id``, ``webhook-timestamp``,
+            ``webhook-signature``). Any answer but a 2xx is retried with backoff, up to
+            ``webhook_max_attempts``, then dead-lettered."""
+
+        app.webhooks.post(
+            event,
+            operation_id=f"webhook_{event.replace('.', '_')}",
+            summary=f"{event}: the batch as it is now",
+            response_class=Response,
+            responses={
+                200: {"description": "Received (any 2xx)"},
+                "default": {"description": "Not received: retried, then dead-lettered"},
+            },
+        )(receive)

@@ -9,8 +9,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from batch_server.db.tables import BatchRow
+from batch_server.openai_types.bodies import Endpoint
 from batch_server.openai_types.common import APIObject, Identified, ListObject
-from batch_server.openai_types.requests import Endpoint
 from batch_server.statuses import BatchStatus
 
 
@@ -66,7 +66,7 @@ class Batch(Identified):
     error_file_id: str | None
     created_at: int
     in_progress_at: int | None
-    expires_at: int | None
+    expires_at: int
     finalizing_at: int | None
     completed_at: int | None
     failed_at: int | None

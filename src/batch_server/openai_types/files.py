@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from batch_server.db.tables import FileRow
+from batch_server.openai_types.bodies import FilePurpose
 from batch_server.openai_types.common import APIObject, Identified, ListObject
-from batch_server.openai_types.requests import FilePurpose
 
 
 class File(Identified):
