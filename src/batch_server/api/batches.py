@@ -23,9 +23,10 @@ from batch_server.api.deps import (
     invalid_parameter,
     json_payload,
     paginate,
+    verbatim,
 )
 from batch_server.api.files import creation_limits, get_file, lock_live_file, store_upload
-from batch_server.api.guards import check_json
+from batch_server.api.guards import JSONResponse, check_json
 from batch_server.api.openapi import FILE_FIELD, errors, multipart_body
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
@@ -366,23 +367,23 @@ def _offset_page(
     return row, page | {"next_offset": offset + len(data) if more else None}
 
 
-@router.get("/{batch_id}/failed", responses=errors(404, 422))
+@router.get("/{batch_id}/failed", response_model=FailedRequests, responses=errors(404, 422))
 def failed_requests(
     batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(100), offset: Offset = 0
-) -> FailedRequests:
+) -> JSONResponse:
     """The batch's failed requests with their errors (from the results while it runs, from
     its error file once finalized); validation errors are in the batch's ``errors``."""
     row, page = _offset_page(ctx, who, batch_id, offset, limit, 1000, reports.failed_requests)
-    return FailedRequests.model_validate(page | {"validation_errors": row.errors or []})
+    return verbatim(FailedRequests.model_validate(page | {"validation_errors": row.errors or []}))
 
 
-@router.get("/{batch_id}/requests", responses=errors(404, 422))
+@router.get("/{batch_id}/requests", response_model=RequestPairs, responses=errors(404, 422))
 def request_pairs(
     batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(20), offset: Offset = 0
-) -> RequestPairs:
+) -> JSONResponse:
     """Input requests next to their responses or errors, in input order."""
     page = _offset_page(ctx, who, batch_id, offset, limit, 200, reports.request_pairs)[1]
-    return RequestPairs.model_validate(page)
+    return verbatim(RequestPairs.model_validate(page))
 
 
 @router.post("/{batch_id}/priority", responses=errors(403, 404, 409, 422))
