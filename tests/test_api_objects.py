@@ -152,21 +152,26 @@ def test_webhook_requests_can_be_documented(tmp_path: Path) -> None:
     assert "HTTPValidationError" not in doc["components"]["schemas"]
 
 
-def test_input_json_is_sent_as_it_is_even_with_lone_surrogates(tmp_path: Path) -> None:
-    """A request/response view carries input lines as they are: a key holding a lone
-    surrogate (which pydantic's JSON mode cannot write) is sent as its JSON escape."""
+def test_input_json_is_sent_as_it_is_even_what_json_cannot_spell(tmp_path: Path) -> None:
+    """A request/response view carries input lines as Python's JSON reader parsed them: a
+    key holding a lone surrogate (which pydantic's JSON mode cannot write) is sent as its
+    JSON escape; NaN and 1e999 (infinity) as null, as pydantic's JSON mode writes them."""
     settings = Settings(data_dir=tmp_path, default_model=None)
-    line = (
+    lines = (
         '{"custom_id": "a\\ud800", "method": "POST", "url": "/v1/chat/completions", '
         '"body": {"model": "x", "k\\ud800": {"\\udfff": 1}}}\n'
+        '{"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", '
+        '"body": {"model": "x", "temperature": 1e999, "top_p": NaN, "n": [-Infinity]}}\n'
     )
     with TestClient(create_app(settings, run_worker=False), base_url="http://127.0.0.1") as c:
-        files = {"file": ("s.jsonl", line.encode())}
+        files = {"file": ("s.jsonl", lines.encode())}
         file_id = c.post("/v1/files", files=files, data={"purpose": "batch"}).json()["id"]
         body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}
         batch_id = c.post("/v1/batches", json=body).json()["id"]
         r = c.get(f"/v1/batches/{batch_id}/requests")
         assert r.status_code == 200
         assert b'"k\\ud800":{"\\udfff":1}' in r.content
-        assert r.json()["data"][0]["request"] == {"model": "x", "k\ud800": {"\udfff": 1}}
+        first, second = r.json()["data"]
+        assert first["request"] == {"model": "x", "k\ud800": {"\udfff": 1}}
+        assert second["request"] == {"model": "x", "temperature": None, "top_p": None, "n": [None]}
         assert c.get(f"/v1/batches/{batch_id}/failed").status_code == 200
