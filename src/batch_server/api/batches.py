@@ -21,10 +21,11 @@ from batch_server.api.deps import (
     invalid_parameter,
     json_payload,
     paginate,
+    verbatim,
 )
 from batch_server.api.files import creation_limits, get_file, store_upload
-from batch_server.api.guards import check_json
-from batch_server.api.openapi import FILE_FIELD, multipart_body
+from batch_server.api.guards import JSONResponse, check_json
+from batch_server.api.openapi import FILE_FIELD, errors, multipart_body
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchEventRow, BatchRow
@@ -34,14 +35,19 @@ from batch_server.jobs.manager import InputGone
 from batch_server.jobs.validation import validate_input
 from batch_server.openai_types import (
     SUPPORTED_ENDPOINTS,
+    Batch,
+    BatchList,
+    BatchLog,
+    BatchValidation,
     CreateBatchBody,
+    FailedRequests,
     PriorityBody,
+    RequestPairs,
     batch_object,
-    list_object,
 )
 from batch_server.statuses import BatchStatus
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=errors(400, 401))
 
 
 def parse_create_body(payload: Any) -> CreateBatchBody:
@@ -72,7 +78,7 @@ def load(ctx: AppContext, batch_id: str, who: Principal) -> BatchRow:
     return row
 
 
-FORM_FIELDS: dict[str, dict] = {
+FORM_FIELDS: dict[str, dict[str, Any]] = {
     "file": FILE_FIELD,
     "endpoint": {"type": "string", "enum": list(SUPPORTED_ENDPOINTS)},
     "model": {"type": "string"},
@@ -89,24 +95,26 @@ CREATE_BODY = multipart_body(
 )
 
 
-@router.post("", openapi_extra=CREATE_BODY)
-async def create_batch(request: Request, ctx: Ctx, who: Auth) -> dict:
+@router.post("", openapi_extra=CREATE_BODY, responses=errors(403, 404, 413, 415, 429))
+async def create_batch(request: Request, ctx: Ctx, who: Auth) -> Batch:
     mine = creation_limits(ctx, who)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        return await _create_from_upload(request, ctx, who, mine.max_upload_bytes)
+        return Batch.model_validate(
+            await _create_from_upload(request, ctx, who, mine.max_upload_bytes)
+        )
     if not content_type.startswith("application/json"):
         raise APIError(
             "Expected an application/json (or multipart/form-data) body",
             code="invalid_content_type",
             status_code=415,
         )
-    return create(ctx, parse_create_body(await json_payload(request)), who)
+    return Batch.model_validate(create(ctx, parse_create_body(await json_payload(request)), who))
 
 
 async def _create_from_upload(
     request: Request, ctx: AppContext, who: Principal, max_bytes: int
-) -> dict:
+) -> dict[str, Any]:
     """``curl -F file=@requests.jsonl -F model=…``: upload and create in one call."""
     form = await read_form(request, max_bytes)
     try:
@@ -115,7 +123,7 @@ async def _create_from_upload(
         await form.close()
 
 
-async def create_from_form(ctx: AppContext, form: FormData, who: Principal) -> dict:
+async def create_from_form(ctx: AppContext, form: FormData, who: Principal) -> dict[str, Any]:
     """Store the form's ``file`` and create a batch from it and the form's fields."""
     metadata_raw = form_text(form, "metadata")
     try:
@@ -137,8 +145,12 @@ async def create_from_form(ctx: AppContext, form: FormData, who: Principal) -> d
     return create(ctx, body.model_copy(update={"input_file_id": stored.id}), who)
 
 
-@router.post("/validate", openapi_extra=multipart_body(FORM_FIELDS, required=["file"]))
-async def validate_upload(request: Request, ctx: Ctx, who: Auth) -> dict:
+@router.post(
+    "/validate",
+    openapi_extra=multipart_body(FORM_FIELDS, required=["file"]),
+    responses=errors(403, 404, 413, 415, 429),
+)
+async def validate_upload(request: Request, ctx: Ctx, who: Auth) -> BatchValidation:
     """Dry run: validate a JSONL file (multipart ``file``, optional ``model`` and
     ``endpoint``) exactly as a batch would be, without storing or running anything."""
     form = await read_form(request, creation_limits(ctx, who).max_upload_bytes)
@@ -153,18 +165,18 @@ async def validate_upload(request: Request, ctx: Ctx, who: Auth) -> dict:
         result = await run_in_threadpool(dry_run, ctx, upload, endpoint, model, who)
     finally:
         await form.close()
-    return result
+    return BatchValidation.model_validate(result)
 
 
 def dry_run(
     ctx: AppContext, upload: UploadFile, endpoint: str, model: str | None, who: Principal
-) -> dict:
+) -> dict[str, Any]:
     """Validate an uploaded file as a batch of the caller's would be, without storing it."""
     with ctx.db.read() as s:
         max_requests = limits.for_owner(s, ctx.settings, who.owner).max_requests_per_batch
     upload.file.seek(0)
     result = validate_input(
-        upload.file,  # type: ignore[arg-type]
+        upload.file,
         ctx.settings,
         endpoint=endpoint,
         model=model,
@@ -179,22 +191,24 @@ def dry_run(
     }
 
 
-@router.get("")
-def list_batches(ctx: Ctx, who: Auth, limit: int = Query(20), after: str | None = None) -> dict:
+@router.get("", responses=errors(404, 422))
+def list_batches(
+    ctx: Ctx, who: Auth, limit: int = Query(20), after: str | None = None
+) -> BatchList:
     check_limit(limit, 100)
     with ctx.db.read() as s:
         query = who.scope(select(BatchRow), BatchRow)
         rows, more = paginate(s, query, BatchRow, after, limit, kind="batch")
-    return list_object([batch_object(r) for r in rows], more)
+    return BatchList.of([Batch.from_row(r) for r in rows], more)
 
 
-@router.get("/{batch_id}")
-def retrieve_batch(batch_id: str, ctx: Ctx, who: Auth) -> dict:
-    return batch_object(load(ctx, batch_id, who))
+@router.get("/{batch_id}", responses=errors(404))
+def retrieve_batch(batch_id: str, ctx: Ctx, who: Auth) -> Batch:
+    return Batch.from_row(load(ctx, batch_id, who))
 
 
-@router.post("/{batch_id}/cancel")
-def cancel_batch(batch_id: str, ctx: Ctx, who: Auth) -> dict:
+@router.post("/{batch_id}/cancel", responses=errors(403, 404, 409))
+def cancel_batch(batch_id: str, ctx: Ctx, who: Auth) -> Batch:
     stopping = (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
     row = load(ctx, batch_id, who)
     if row.status not in stopping and not ctx.jobs.cancel(batch_id):
@@ -205,11 +219,11 @@ def cancel_batch(batch_id: str, ctx: Ctx, who: Auth) -> dict:
                 param="batch_id",
                 code="invalid_state",
             )
-    return batch_object(load(ctx, batch_id, who))
+    return Batch.from_row(load(ctx, batch_id, who))
 
 
-@router.get("/{batch_id}/logs")
-def batch_logs(batch_id: str, ctx: Ctx, who: Auth) -> dict:
+@router.get("/{batch_id}/logs", responses=errors(404))
+def batch_logs(batch_id: str, ctx: Ctx, who: Auth) -> BatchLog:
     """What happened to the batch, oldest first (status changes, units, engine errors)."""
     load(ctx, batch_id, who)
     with ctx.db.read() as s:
@@ -219,7 +233,7 @@ def batch_logs(batch_id: str, ctx: Ctx, who: Auth) -> dict:
             .order_by(BatchEventRow.id)
         ).scalars()
         data = [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
-    return {"object": "list", "batch_id": batch_id, "data": data}
+    return BatchLog.model_validate({"object": "list", "batch_id": batch_id, "data": data})
 
 
 def _offset_page(
@@ -229,8 +243,8 @@ def _offset_page(
     offset: int,
     limit: int,
     maximum: int,
-    read: Callable,
-) -> tuple[BatchRow, dict]:
+    read: Callable[..., tuple[list[dict[str, Any]], bool]],
+) -> tuple[BatchRow, dict[str, Any]]:
     check_limit(limit, maximum)
     row = load(ctx, batch_id, who)
     data, more = read(ctx.db, ctx.store, row, offset, limit)
@@ -238,26 +252,27 @@ def _offset_page(
     return row, page | {"next_offset": offset + len(data) if more else None}
 
 
-@router.get("/{batch_id}/failed")
+@router.get("/{batch_id}/failed", response_model=FailedRequests, responses=errors(404, 422))
 def failed_requests(
     batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(100), offset: Offset = 0
-) -> dict:
+) -> JSONResponse:
     """The batch's failed requests with their errors (from the results while it runs, from
     its error file once finalized); validation errors are in the batch's ``errors``."""
     row, page = _offset_page(ctx, who, batch_id, offset, limit, 1000, reports.failed_requests)
-    return page | {"validation_errors": row.errors or []}
+    return verbatim(FailedRequests.model_validate(page | {"validation_errors": row.errors or []}))
 
 
-@router.get("/{batch_id}/requests")
+@router.get("/{batch_id}/requests", response_model=RequestPairs, responses=errors(404, 422))
 def request_pairs(
     batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(20), offset: Offset = 0
-) -> dict:
+) -> JSONResponse:
     """Input requests next to their responses or errors, in input order."""
-    return _offset_page(ctx, who, batch_id, offset, limit, 200, reports.request_pairs)[1]
+    page = _offset_page(ctx, who, batch_id, offset, limit, 200, reports.request_pairs)[1]
+    return verbatim(RequestPairs.model_validate(page))
 
 
-@router.post("/{batch_id}/priority")
-def change_priority(batch_id: str, body: PriorityBody, ctx: Ctx, who: Auth) -> dict:
+@router.post("/{batch_id}/priority", responses=errors(403, 404, 409, 422))
+def change_priority(batch_id: str, body: PriorityBody, ctx: Ctx, who: Auth) -> Batch:
     """Re-prioritise a batch that is waiting or running: higher runs first."""
     load(ctx, batch_id, who)
     if ctx.jobs.set_priority(batch_id, body.priority) is None:
@@ -267,4 +282,4 @@ def change_priority(batch_id: str, body: PriorityBody, ctx: Ctx, who: Auth) -> d
             param="batch_id",
             code="invalid_state",
         )
-    return batch_object(load(ctx, batch_id, who))
+    return Batch.from_row(load(ctx, batch_id, who))

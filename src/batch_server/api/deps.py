@@ -6,16 +6,19 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from pydantic import BaseModel
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
+from batch_server.api.guards import JSONResponse
 from batch_server.app_context import AppContext
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs.validation import strict_json
 
 
 def context(request: Request) -> AppContext:
-    return request.app.state.ctx
+    ctx: AppContext = request.app.state.ctx
+    return ctx
 
 
 Ctx = Annotated[AppContext, Depends(context)]
@@ -91,6 +94,14 @@ def paginate(
     query = query.order_by(model.seq.desc() if descending else model.seq.asc()).limit(limit + 1)
     rows = list(session.execute(query).scalars())
     return rows[:limit], len(rows) > limit
+
+
+def verbatim(obj: BaseModel) -> JSONResponse:
+    """``obj`` rendered by the app's JSON response rather than by pydantic's JSON mode, for
+    objects that carry JSON read from input files or engines as it is: pydantic cannot
+    write a key holding a lone surrogate (an input line may hold ``{"\\ud800": …}``), the
+    app's response sends it as its JSON escape. The route declares ``response_model``."""
+    return JSONResponse(obj.model_dump())
 
 
 async def json_payload(request: Request) -> Any:

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from batch_server import ids, limits
 from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, check_limit, paginate
-from batch_server.api.openapi import FILE_FIELD, multipart_body
+from batch_server.api.openapi import FILE_FIELD, binary_response, errors, multipart_body
 from batch_server.api.uploads import (
     form_expires_after,
     form_file,
@@ -32,9 +32,9 @@ from batch_server.jobs.retention import (
     expires_at,
     mark_deleted,
 )
-from batch_server.openai_types import FILE_PURPOSES, file_object, list_object
+from batch_server.openai_types import FILE_PURPOSES, File, FileDeleted, FileList
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=errors(400, 401))
 
 
 async def store_upload(
@@ -122,8 +122,8 @@ UPLOAD_BODY = multipart_body(
 )
 
 
-@router.post("", openapi_extra=UPLOAD_BODY)
-async def upload_file(request: Request, ctx: Ctx, who: Auth) -> dict:
+@router.post("", openapi_extra=UPLOAD_BODY, responses=errors(403, 413, 415, 429))
+async def upload_file(request: Request, ctx: Ctx, who: Auth) -> File:
     mine = creation_limits(ctx, who)
     form = await read_form(request, mine.max_upload_bytes)
     try:
@@ -133,10 +133,10 @@ async def upload_file(request: Request, ctx: Ctx, who: Auth) -> dict:
         row = await store_upload(ctx, form_file(form), purpose, who, expires_after)
     finally:
         await form.close()
-    return file_object(row)
+    return File.from_row(row)
 
 
-@router.get("")
+@router.get("", responses=errors(404, 422))
 def list_files(
     ctx: Ctx,
     who: Auth,
@@ -144,7 +144,7 @@ def list_files(
     limit: int = Query(10_000),
     order: str = Query("desc"),
     after: str | None = None,
-) -> dict:
+) -> FileList:
     check_limit(limit, 10_000)
     if order not in ("asc", "desc"):
         raise APIError("'order' must be 'asc' or 'desc'", param="order", code="invalid_value")
@@ -153,15 +153,19 @@ def list_files(
         query = query.where(FileRow.purpose == purpose)
     with ctx.db.read() as s:
         rows, more = paginate(s, query, FileRow, after, limit, order == "desc", "file")
-    return list_object([file_object(r) for r in rows], more)
+    return FileList.of([File.from_row(r) for r in rows], more)
 
 
-@router.get("/{file_id}")
-def retrieve_file(file_id: str, ctx: Ctx, who: Auth) -> dict:
-    return file_object(get_file(ctx, file_id, who))
+@router.get("/{file_id}", responses=errors(404))
+def retrieve_file(file_id: str, ctx: Ctx, who: Auth) -> File:
+    return File.from_row(get_file(ctx, file_id, who))
 
 
-@router.get("/{file_id}/content")
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses=errors(404) | binary_response("application/octet-stream", "The file's bytes"),
+)
 def file_content(file_id: str, ctx: Ctx, who: Auth) -> StreamingResponse:
     row = get_file(ctx, file_id, who)
     return StreamingResponse(
@@ -174,10 +178,10 @@ def file_content(file_id: str, ctx: Ctx, who: Auth) -> StreamingResponse:
     )
 
 
-@router.delete("/{file_id}")
-def delete_file(file_id: str, ctx: Ctx, who: Auth) -> dict:
+@router.delete("/{file_id}", responses=errors(403, 404, 409))
+def delete_file(file_id: str, ctx: Ctx, who: Auth) -> FileDeleted:
     row = get_file(ctx, file_id, who)
     with ctx.db.write() as s:
         mark_deleted(s, row.id)  # the rule housekeeping's expiry follows too
     ctx.store.delete(row.id)
-    return {"id": row.id, "object": "file", "deleted": True}
+    return FileDeleted(id=row.id, deleted=True)

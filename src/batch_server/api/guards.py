@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batch_server.config import Settings
 from batch_server.errors import APIError
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -123,15 +120,39 @@ def _check_url(scope: Scope) -> None:
 
 
 class JSONResponse(StarletteJSONResponse):
-    """Starlette's JSON response, except that content the UTF-8 encoder refuses (a lone
-    surrogate read from an input file, or stored before the edge refused them) is sent
-    with JSON escapes instead of failing the request."""
+    """Starlette's JSON response, except that content JSON has no spelling for, read from
+    an input file or an engine's answer, does not fail the request: strings the UTF-8
+    encoder refuses (a lone surrogate, or one stored before the edge refused them) are
+    sent with JSON escapes, and NaN and ±Infinity (Python's JSON reader takes ``NaN``
+    and ``1e999``) as ``null``, as pydantic's JSON mode writes them."""
 
     def render(self, content: Any) -> bytes:
         try:
             return super().render(content)
-        except UnicodeEncodeError:
-            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+        except ValueError:  # UnicodeEncodeError is one, as is a float out of range
+            pass
+        return json.dumps(_finite(content), allow_nan=False, separators=(",", ":")).encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and ±Infinity replaced by ``None``: a copy of its lists and
+    dicts, made without recursion (input JSON may be nested as deep as the parser
+    allows)."""
+    top: list[Any] = [value]
+    stack: list[list[Any] | dict[Any, Any]] = [top]
+    while stack:
+        node = stack.pop()
+        pairs = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for key, item in pairs:
+            if isinstance(item, float) and not math.isfinite(item):
+                node[key] = None
+            elif isinstance(item, dict | list | tuple):
+                child: list[Any] | dict[Any, Any] = (
+                    dict(item) if isinstance(item, dict) else list(item)
+                )
+                node[key] = child
+                stack.append(child)
+    return top[0]
 
 
 async def _refuse(exc: APIError, scope: Scope, receive: Receive, send: Send) -> None:

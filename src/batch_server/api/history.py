@@ -11,14 +11,16 @@ from sqlalchemy import String, cast, or_, select
 from batch_server import estimates
 from batch_server.api.auth import OPEN, Auth, Principal
 from batch_server.api.deps import Ctx, Timestamp, check_limit, paginate
+from batch_server.api.openapi import errors
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow
 from batch_server.errors import APIError
 from batch_server.estimates import Rate
 from batch_server.jobs.lifecycle import LIVE, TERMINAL
-from batch_server.openai_types import Status, batch_object, list_object
+from batch_server.openai_types import Batch, HistoryEntry, HistoryList
+from batch_server.statuses import BatchStatus
 
-router = APIRouter(prefix="/v1/jobs", tags=["history"])
+router = APIRouter(prefix="/v1/jobs", tags=["history"], responses=errors(400, 401))
 
 ALL_STATUSES = (*LIVE, *TERMINAL)
 
@@ -57,6 +59,20 @@ def history_page(
     after: str | None,
     who: Principal = OPEN,
 ) -> tuple[list[dict[str, Any]], bool]:
+    """A page of :func:`history_objects` as JSON-ready dicts (for the dashboard)."""
+    entries, more = history_objects(ctx, filters, limit, after, who)
+    return [e.model_dump(mode="json") for e in entries], more
+
+
+def history_objects(
+    ctx: AppContext,
+    filters: HistoryFilter,
+    limit: int,
+    after: str | None,
+    who: Principal = OPEN,
+) -> tuple[list[HistoryEntry], bool]:
+    """The batches matching ``filters`` that ``who`` may see, newest first, and whether
+    there are more."""
     query = who.scope(select(BatchRow), BatchRow).where(BatchRow.status.in_(filters.statuses))
     if filters.model:
         model = ctx.settings.model_aliases().get(filters.model, filters.model)
@@ -73,21 +89,27 @@ def history_page(
     with ctx.db.read() as s:
         rows, more = paginate(s, query, BatchRow, after, limit, kind="batch")
         rates = estimates.batch_rates(s, [r.id for r in rows])
-    return [history_entry(r, rates.get(r.id)) for r in rows], more
+    return [history_object(r, rates.get(r.id)) for r in rows], more
 
 
 def history_entry(row: BatchRow, rate: Rate | None) -> dict[str, Any]:
+    """:func:`history_object` as a JSON-ready dict (for the dashboard)."""
+    return history_object(row, rate).model_dump(mode="json")
+
+
+def history_object(row: BatchRow, rate: Rate | None) -> HistoryEntry:
     """The batch object plus timings, measured rates and, if any, why it did not succeed."""
     ended = row.completed_at or row.failed_at or row.expired_at or row.cancelled_at
-    return batch_object(row) | {
-        "ended_at": ended,
-        "duration_seconds": (ended - row.created_at) if ended else None,
-        "processing_seconds": round(rate.seconds, 1) if rate else None,
-        "requests_per_second": _r(rate.requests_per_second if rate else None),
-        "output_tokens_per_second": _r(rate.output_tokens_per_second if rate else None),
-        "total_tokens_per_second": _r(rate.total_tokens_per_second if rate else None),
-        "failure_reason": failure_reason(row),
-    }
+    return HistoryEntry(
+        **dict(Batch.from_row(row)),
+        ended_at=ended,
+        duration_seconds=(ended - row.created_at) if ended else None,
+        processing_seconds=round(rate.seconds, 1) if rate else None,
+        requests_per_second=_r(rate.requests_per_second if rate else None),
+        output_tokens_per_second=_r(rate.output_tokens_per_second if rate else None),
+        total_tokens_per_second=_r(rate.total_tokens_per_second if rate else None),
+        failure_reason=failure_reason(row),
+    )
 
 
 def _r(x: float | None) -> float | None:
@@ -95,23 +117,23 @@ def _r(x: float | None) -> float | None:
 
 
 def failure_reason(row: BatchRow) -> str | None:
-    status: Status = row.status  # type: ignore[assignment]
-    if status == "failed" and row.errors:
-        first = row.errors[0].get("message", "")
+    status = BatchStatus(row.status)
+    if status == BatchStatus.FAILED and row.errors:
+        first: str = row.errors[0].get("message", "")
         more = len(row.errors) - 1
         return first + (f" (and {more} more error(s))" if more else "")
-    if status == "failed":
+    if status == BatchStatus.FAILED:
         return "failed"
-    if status == "cancelled":
+    if status == BatchStatus.CANCELLED:
         return "cancelled by request"
-    if status == "expired":
+    if status == BatchStatus.EXPIRED:
         return f"the completion window ({row.completion_window}) expired"
     if row.failed:
         return f"{row.failed} request(s) failed; see the error file"
     return None
 
 
-@router.get("/history")
+@router.get("/history", responses=errors(404, 422))
 def history(
     ctx: Ctx,
     who: Auth,
@@ -122,8 +144,8 @@ def history(
     q: str | None = Query(None, description="substring of the batch id or its metadata"),
     limit: int = Query(20),
     after: str | None = None,
-) -> dict:
+) -> HistoryList:
     check_limit(limit, 100)
     filters = HistoryFilter.parse(status, model=model, since=since, until=until, q=q)
-    data, more = history_page(ctx, filters, limit, after, who)
-    return list_object(data, more)
+    entries, more = history_objects(ctx, filters, limit, after, who)
+    return HistoryList.of(entries, more)

@@ -6,24 +6,25 @@ from fastapi import APIRouter
 
 from batch_server import estimates
 from batch_server.api.deps import Ctx
+from batch_server.api.openapi import errors
 from batch_server.app_context import AppContext
 from batch_server.errors import NotFound
+from batch_server.openai_types import MeasuredRate, Model, ModelList
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(400))
 
 
-def _model(ctx: AppContext, model_id: str, rate: estimates.Rate | None) -> dict:
+def _model(ctx: AppContext, model_id: str, rate: estimates.Rate | None) -> Model:
     spec = ctx.settings.models[model_id]
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": ctx.started_at,
-        "owned_by": "batch-server",
-        "engine": spec.engine,
-        "aliases": spec.aliases,
+    return Model(
+        id=model_id,
+        created=ctx.started_at,
+        owned_by="batch-server",
+        engine=spec.engine,
+        aliases=spec.aliases,
         # Measured on this server's recent work; None for a model that has not run yet.
-        "throughput": rate.as_dict() if rate else None,
-    }
+        throughput=MeasuredRate.model_validate(rate.as_dict()) if rate else None,
+    )
 
 
 def _rates(ctx: AppContext) -> dict[str, estimates.Rate]:
@@ -32,13 +33,13 @@ def _rates(ctx: AppContext) -> dict[str, estimates.Rate]:
 
 
 @router.get("")
-def list_models(ctx: Ctx) -> dict:
+def list_models(ctx: Ctx) -> ModelList:
     rates = _rates(ctx)
-    return {"object": "list", "data": [_model(ctx, m, rates.get(m)) for m in ctx.settings.models]}
+    return ModelList(data=[_model(ctx, m, rates.get(m)) for m in ctx.settings.models])
 
 
-@router.get("/{model_id:path}")
-def retrieve_model(model_id: str, ctx: Ctx) -> dict:
+@router.get("/{model_id:path}", responses=errors(404))
+def retrieve_model(model_id: str, ctx: Ctx) -> Model:
     resolved = ctx.settings.model_aliases().get(model_id)
     if resolved is None:
         raise NotFound("model", model_id, param="model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
@@ -10,16 +11,18 @@ from sqlalchemy import select
 from batch_server import estimates
 from batch_server.api.auth import OPEN, Auth, Principal
 from batch_server.api.deps import Ctx
+from batch_server.api.openapi import errors
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs import reports
 from batch_server.jobs.lifecycle import LIVE
+from batch_server.openai_types import MeasuredRate, Queue, QueueEntry, Throughput
 
-router = APIRouter(tags=["queue"])
+router = APIRouter(tags=["queue"], responses=errors(400, 401))
 
 
-def snapshot(ctx: AppContext, who: Principal = OPEN) -> dict:
+def snapshot(ctx: AppContext, who: Principal = OPEN) -> dict[str, Any]:
     """The queue as ``who`` may see it: positions, jobs ahead and ETAs count every batch,
     but only the caller's own batches are listed (admins see all)."""
     snap = reports.queue(ctx.db, ctx.store, ctx.settings.model_aliases())
@@ -35,22 +38,24 @@ def snapshot(ctx: AppContext, who: Principal = OPEN) -> dict:
 
 
 @router.get("/v1/queue")
-def get_queue(ctx: Ctx, who: Auth) -> dict:
+def get_queue(ctx: Ctx, who: Auth) -> Queue:
     """Running and waiting batches in the order they will run, and the workers."""
-    return snapshot(ctx, who)
+    return Queue.model_validate(snapshot(ctx, who))
 
 
-@router.get("/v1/queue/{batch_id}")
-def get_queue_entry(batch_id: str, ctx: Ctx, who: Auth) -> dict:
+@router.get("/v1/queue/{batch_id}", responses=errors(404))
+def get_queue_entry(batch_id: str, ctx: Ctx, who: Auth) -> QueueEntry:
     """One batch's queue entry (position, progress, ETA); 404 once it has finished."""
     for entry in snapshot(ctx, who)["data"]:
         if entry["id"] == batch_id:
-            return entry
+            return QueueEntry.model_validate(entry)
     raise NotFound("queued batch", batch_id, param="batch_id")
 
 
-@router.get("/v1/stats/throughput")
-def throughput(ctx: Ctx, who: Auth, window: int = Query(3600), bucket: int = Query(60)) -> dict:
+@router.get("/v1/stats/throughput", responses=errors(422))
+def throughput(
+    ctx: Ctx, who: Auth, window: int = Query(3600), bucket: int = Query(60)
+) -> Throughput:
     """Requests and tokens per second of all workers over the last ``window`` seconds, in
     ``bucket``-second steps; and each model's learned rate."""
     if not 60 <= window <= 7 * 86400 or not 10 <= bucket <= window or window // bucket > 1000:
@@ -63,10 +68,12 @@ def throughput(ctx: Ctx, who: Auth, window: int = Query(3600), bucket: int = Que
     with ctx.db.read() as s:
         data = estimates.series(s, now, window, bucket)
         models = estimates.model_rates(s, now)
-    return {
-        "object": "throughput",
-        "window": window,
-        "bucket": bucket,
-        "data": data,
-        "models": {m: r.as_dict() for m, r in models.items()},
-    }
+    return Throughput.model_validate(
+        {
+            "object": "throughput",
+            "window": window,
+            "bucket": bucket,
+            "data": data,
+            "models": {m: MeasuredRate.model_validate(r.as_dict()) for m, r in models.items()},
+        }
+    )
