@@ -67,6 +67,7 @@ postgres:
 test: install-test install-vllm postgres browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install-test install-vllm postgres

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -71,6 +72,10 @@ class Principal:
     def scope(self, query: Select[Any], model: Any) -> Select[Any]:
         """Restrict ``query`` to this caller's rows (admins see everything)."""
         return query if self.admin else query.where(model.owner == self.key_id)
+
+    def scoper(self, model: Any) -> Callable[[Select[Any]], Select[Any]]:
+        """:meth:`scope` for ``model``, as a function for the domain's queries."""
+        return lambda query: self.scope(query, model)
 
 
 OPEN = Principal(key_id=None, admin=True)

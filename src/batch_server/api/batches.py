@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
 
-from batch_server import limits
 from batch_server.api.auth import Auth, Principal
+from batch_server.api.batch_creation import (
+    create,
+    create_from_form,
+    dry_run,
+    load,
+    parse_create_body,
+)
 from batch_server.api.deps import (
     Ctx,
     Offset,
     check_limit,
-    invalid_parameter,
     json_payload,
-    paginate,
     verbatim,
 )
-from batch_server.api.files import creation_limits, get_file, store_upload
-from batch_server.api.guards import JSONResponse, check_json
+from batch_server.api.files import creation_limits
+from batch_server.api.guards import JSONResponse
 from batch_server.api.openapi import FILE_FIELD, errors, multipart_body
 from batch_server.api.uploads import form_file, form_text, read_form
 from batch_server.app_context import AppContext
-from batch_server.db.tables import BatchEventRow, BatchRow
+from batch_server.db.pages import paginate
+from batch_server.db.tables import BatchRow
 from batch_server.errors import APIError, Conflict, NotFound
-from batch_server.jobs import admission, lifecycle, reports
-from batch_server.jobs.manager import InputGone
-from batch_server.jobs.validation import validate_input
+from batch_server.jobs import reports
 from batch_server.openai_types import (
     SUPPORTED_ENDPOINTS,
     Batch,
@@ -43,39 +43,10 @@ from batch_server.openai_types import (
     FailedRequests,
     PriorityBody,
     RequestPairs,
-    batch_object,
 )
 from batch_server.statuses import BatchStatus
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=errors(400, 401))
-
-
-def parse_create_body(payload: Any) -> CreateBatchBody:
-    """The create call's parameters (JSON body or form fields), or OpenAI's 400."""
-    try:
-        return CreateBatchBody.model_validate(payload)
-    except ValidationError as exc:
-        raise invalid_parameter(exc.errors()[0]) from exc
-
-
-def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> dict[str, Any]:
-    new = admission.admit(
-        ctx.settings, ctx.db, body, lambda file_id: get_file(ctx, file_id, who), who.owner
-    )
-    try:
-        row = ctx.jobs.create_batch(new)
-    except InputGone as exc:  # deleted meanwhile
-        raise NotFound("file", new.input_file_id, param="file_id") from exc
-    return batch_object(row)
-
-
-def load(ctx: AppContext, batch_id: str, who: Principal) -> BatchRow:
-    """The caller's batch; another tenant's batch is "not found"."""
-    with ctx.db.read() as s:
-        row = lifecycle.get_batch(s, batch_id)
-    if row is None or not who.owns(row.owner):
-        raise NotFound("batch", batch_id, param="batch_id")
-    return row
 
 
 FORM_FIELDS: dict[str, dict[str, Any]] = {
@@ -100,49 +71,25 @@ async def create_batch(request: Request, ctx: Ctx, who: Auth) -> Batch:
     mine = creation_limits(ctx, who)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        return Batch.model_validate(
-            await _create_from_upload(request, ctx, who, mine.max_upload_bytes)
-        )
+        return await _create_from_upload(request, ctx, who, mine.max_upload_bytes)
     if not content_type.startswith("application/json"):
         raise APIError(
             "Expected an application/json (or multipart/form-data) body",
             code="invalid_content_type",
             status_code=415,
         )
-    return Batch.model_validate(create(ctx, parse_create_body(await json_payload(request)), who))
+    return create(ctx, parse_create_body(await json_payload(request)), who)
 
 
 async def _create_from_upload(
     request: Request, ctx: AppContext, who: Principal, max_bytes: int
-) -> dict[str, Any]:
+) -> Batch:
     """``curl -F file=@requests.jsonl -F model=…``: upload and create in one call."""
     form = await read_form(request, max_bytes)
     try:
         return await create_from_form(ctx, form, who)
     finally:
         await form.close()
-
-
-async def create_from_form(ctx: AppContext, form: FormData, who: Principal) -> dict[str, Any]:
-    """Store the form's ``file`` and create a batch from it and the form's fields."""
-    metadata_raw = form_text(form, "metadata")
-    try:
-        metadata = json.loads(metadata_raw) if metadata_raw else None
-    except (ValueError, RecursionError) as exc:
-        raise APIError("'metadata' must be a JSON object", param="metadata") from exc
-    body = parse_create_body(
-        {
-            "input_file_id": "pending",
-            "endpoint": form_text(form, "endpoint") or "/v1/chat/completions",
-            "completion_window": form_text(form, "completion_window") or "24h",
-            "metadata": check_json(metadata, "metadata"),
-            "model": form_text(form, "model"),
-            "priority": form_text(form, "priority"),
-        }
-    )
-    upload = form_file(form)
-    stored = await store_upload(ctx, upload, "batch", who)
-    return create(ctx, body.model_copy(update={"input_file_id": stored.id}), who)
 
 
 @router.post(
@@ -166,29 +113,6 @@ async def validate_upload(request: Request, ctx: Ctx, who: Auth) -> BatchValidat
     finally:
         await form.close()
     return BatchValidation.model_validate(result)
-
-
-def dry_run(
-    ctx: AppContext, upload: UploadFile, endpoint: str, model: str | None, who: Principal
-) -> dict[str, Any]:
-    """Validate an uploaded file as a batch of the caller's would be, without storing it."""
-    with ctx.db.read() as s:
-        max_requests = limits.for_owner(s, ctx.settings, who.owner).max_requests_per_batch
-    upload.file.seek(0)
-    result = validate_input(
-        upload.file,
-        ctx.settings,
-        endpoint=endpoint,
-        model=model,
-        max_requests=max_requests,
-    )
-    return {
-        "object": "batch.validation",
-        "valid": not result.errors,
-        "total": result.total,
-        "models": sorted(result.models),
-        "errors": result.errors,
-    }
 
 
 @router.get("", responses=errors(404, 422))
@@ -226,13 +150,7 @@ def cancel_batch(batch_id: str, ctx: Ctx, who: Auth) -> Batch:
 def batch_logs(batch_id: str, ctx: Ctx, who: Auth) -> BatchLog:
     """What happened to the batch, oldest first (status changes, units, engine errors)."""
     load(ctx, batch_id, who)
-    with ctx.db.read() as s:
-        events = s.execute(
-            select(BatchEventRow)
-            .where(BatchEventRow.batch_id == batch_id)
-            .order_by(BatchEventRow.id)
-        ).scalars()
-        data = [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
+    data = reports.batch_events(ctx.db, batch_id)
     return BatchLog.model_validate({"object": "list", "batch_id": batch_id, "data": data})
 
 

@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from batch_server import ids, limits
 from batch_server.api.auth import Auth, Principal
-from batch_server.api.deps import Ctx, check_limit, paginate
+from batch_server.api.deps import Ctx, check_limit
 from batch_server.api.openapi import FILE_FIELD, binary_response, errors, multipart_body
 from batch_server.api.uploads import (
     form_expires_after,
@@ -24,6 +24,7 @@ from batch_server.api.uploads import (
     safe_filename,
 )
 from batch_server.app_context import AppContext
+from batch_server.db.pages import paginate
 from batch_server.db.tables import FileRow
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs.retention import (

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 from sqlalchemy import text
 
+from batch_server import version
 from batch_server.api.deps import Ctx
 from batch_server.api.openapi import errors
-from batch_server.app_context import AppContext
 from batch_server.gpu import host_status
 from batch_server.jobs import reports
 from batch_server.openai_types import Health, Ready, ReadyChecks
@@ -27,7 +27,7 @@ def health(ctx: Ctx) -> Health:
             "status": "ok",
             "version": version(),
             "workers": reports.workers(ctx.db),
-            "gpu": gpu_status(ctx),
+            "gpu": ctx.gpu.status(),
             "host": host_status(ctx.settings.host_max_memory_percent),
         }
     )
@@ -53,17 +53,3 @@ def ready(ctx: Ctx, response: Response) -> Ready:
         checks["reason"] = "no worker has sent a heartbeat in the last 15 s"
     response.status_code = 200 if ok else 503
     return Ready(status="ready" if ok else "not_ready", checks=ReadyChecks(**checks))
-
-
-def gpu_status(ctx: AppContext) -> dict[str, Any]:
-    return ctx.gpu.status() if ctx.gpu else {"available": False, "monitoring": "off"}
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("vllm-batch-server")
-    except PackageNotFoundError:
-        return "dev"

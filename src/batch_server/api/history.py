@@ -1,136 +1,18 @@
-"""Finished batches with filters, durations and measured rates."""
+"""``/v1/jobs/history``: finished batches with filters, durations and measured rates (the
+queries are :mod:`batch_server.jobs.history`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from fastapi import APIRouter, Query
-from sqlalchemy import String, cast, or_, select
 
-from batch_server import estimates
-from batch_server.api.auth import OPEN, Auth, Principal
-from batch_server.api.deps import Ctx, Timestamp, check_limit, paginate
+from batch_server.api.auth import Auth
+from batch_server.api.deps import Ctx, Timestamp, check_limit
 from batch_server.api.openapi import errors
-from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow
-from batch_server.errors import APIError
-from batch_server.estimates import Rate
-from batch_server.jobs.lifecycle import LIVE, TERMINAL
-from batch_server.openai_types import Batch, HistoryEntry, HistoryList
-from batch_server.statuses import BatchStatus
+from batch_server.jobs.history import HistoryFilter, history_objects
+from batch_server.openai_types import HistoryList
 
 router = APIRouter(prefix="/v1/jobs", tags=["history"], responses=errors(400, 401))
-
-ALL_STATUSES = (*LIVE, *TERMINAL)
-
-
-@dataclass
-class HistoryFilter:
-    statuses: tuple[str, ...] = TERMINAL
-    model: str | None = None
-    since: int | None = None  # created at or after (Unix seconds)
-    until: int | None = None  # created before
-    q: str | None = None  # a substring of the id or of the metadata
-
-    @classmethod
-    def parse(cls, status: str | None, **kw: Any) -> HistoryFilter:
-        """``status``: comma-separated statuses, or ``all``; default: the finished ones."""
-        if not status:
-            return cls(**kw)
-        if status == "all":
-            return cls(ALL_STATUSES, **kw)
-        wanted = tuple(x.strip() for x in status.split(",") if x.strip())
-        bad = [x for x in wanted if x not in ALL_STATUSES]
-        if bad or not wanted:
-            raise APIError(
-                f"Unknown status {', '.join(bad) or status!r}; use one or more of "
-                f"{', '.join(ALL_STATUSES)}, or 'all'",
-                param="status",
-                code="invalid_value",
-            )
-        return cls(wanted, **kw)
-
-
-def history_page(
-    ctx: AppContext,
-    filters: HistoryFilter,
-    limit: int,
-    after: str | None,
-    who: Principal = OPEN,
-) -> tuple[list[dict[str, Any]], bool]:
-    """A page of :func:`history_objects` as JSON-ready dicts (for the dashboard)."""
-    entries, more = history_objects(ctx, filters, limit, after, who)
-    return [e.model_dump(mode="json") for e in entries], more
-
-
-def history_objects(
-    ctx: AppContext,
-    filters: HistoryFilter,
-    limit: int,
-    after: str | None,
-    who: Principal = OPEN,
-) -> tuple[list[HistoryEntry], bool]:
-    """The batches matching ``filters`` that ``who`` may see, newest first, and whether
-    there are more."""
-    query = who.scope(select(BatchRow), BatchRow).where(BatchRow.status.in_(filters.statuses))
-    if filters.model:
-        model = ctx.settings.model_aliases().get(filters.model, filters.model)
-        query = query.where(BatchRow.model == model)
-    if filters.since is not None:
-        query = query.where(BatchRow.created_at >= filters.since)
-    if filters.until is not None:
-        query = query.where(BatchRow.created_at < filters.until)
-    if filters.q:
-        like = f"%{filters.q.strip()}%"
-        query = query.where(
-            or_(BatchRow.id.like(like), cast(BatchRow.metadata_, String).like(like))
-        )
-    with ctx.db.read() as s:
-        rows, more = paginate(s, query, BatchRow, after, limit, kind="batch")
-        rates = estimates.batch_rates(s, [r.id for r in rows])
-    return [history_object(r, rates.get(r.id)) for r in rows], more
-
-
-def history_entry(row: BatchRow, rate: Rate | None) -> dict[str, Any]:
-    """:func:`history_object` as a JSON-ready dict (for the dashboard)."""
-    return history_object(row, rate).model_dump(mode="json")
-
-
-def history_object(row: BatchRow, rate: Rate | None) -> HistoryEntry:
-    """The batch object plus timings, measured rates and, if any, why it did not succeed."""
-    ended = row.completed_at or row.failed_at or row.expired_at or row.cancelled_at
-    return HistoryEntry(
-        **dict(Batch.from_row(row)),
-        ended_at=ended,
-        duration_seconds=(ended - row.created_at) if ended else None,
-        processing_seconds=round(rate.seconds, 1) if rate else None,
-        requests_per_second=_r(rate.requests_per_second if rate else None),
-        output_tokens_per_second=_r(rate.output_tokens_per_second if rate else None),
-        total_tokens_per_second=_r(rate.total_tokens_per_second if rate else None),
-        failure_reason=failure_reason(row),
-    )
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
-
-
-def failure_reason(row: BatchRow) -> str | None:
-    status = BatchStatus(row.status)
-    if status == BatchStatus.FAILED and row.errors:
-        first: str = row.errors[0].get("message", "")
-        more = len(row.errors) - 1
-        return first + (f" (and {more} more error(s))" if more else "")
-    if status == BatchStatus.FAILED:
-        return "failed"
-    if status == BatchStatus.CANCELLED:
-        return "cancelled by request"
-    if status == BatchStatus.EXPIRED:
-        return f"the completion window ({row.completion_window}) expired"
-    if row.failed:
-        return f"{row.failed} request(s) failed; see the error file"
-    return None
 
 
 @router.get("/history", responses=errors(404, 422))
@@ -147,5 +29,7 @@ def history(
 ) -> HistoryList:
     check_limit(limit, 100)
     filters = HistoryFilter.parse(status, model=model, since=since, until=until, q=q)
-    entries, more = history_objects(ctx, filters, limit, after, who)
+    entries, more = history_objects(
+        ctx.db, ctx.settings.model_aliases(), filters, limit, after, who.scoper(BatchRow)
+    )
     return HistoryList.of(entries, more)

@@ -6,35 +6,24 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from batch_server import estimates
-from batch_server.api.auth import OPEN, Auth, Principal
+from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx
 from batch_server.api.openapi import errors
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs import reports
-from batch_server.jobs.lifecycle import LIVE
 from batch_server.openai_types import MeasuredRate, Queue, QueueEntry, Throughput
 
 router = APIRouter(tags=["queue"], responses=errors(400, 401))
 
 
-def snapshot(ctx: AppContext, who: Principal = OPEN) -> dict[str, Any]:
-    """The queue as ``who`` may see it: positions, jobs ahead and ETAs count every batch,
-    but only the caller's own batches are listed (admins see all)."""
-    snap = reports.queue(ctx.db, ctx.store, ctx.settings.model_aliases())
-    if not who.admin:
-        with ctx.db.read() as s:
-            mine = set(
-                s.execute(
-                    who.scope(select(BatchRow.id).where(BatchRow.status.in_(LIVE)), BatchRow)
-                ).scalars()
-            )
-        snap["data"] = [e for e in snap["data"] if e["id"] in mine]
-    return snap
+def snapshot(ctx: AppContext, who: Principal) -> dict[str, Any]:
+    return reports.visible_queue(
+        ctx.db, ctx.store, ctx.settings.model_aliases(), None if who.admin else who.scoper(BatchRow)
+    )
 
 
 @router.get("/v1/queue")

@@ -17,8 +17,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from batch_server.db.pages import Scope
 from batch_server.db.session import Database
-from batch_server.db.tables import BatchRow, ResultRow, WorkerRow, WorkUnitRow
+from batch_server.db.tables import BatchEventRow, BatchRow, ResultRow, WorkerRow, WorkUnitRow
 from batch_server.estimates import (
     Planned,
     batch_rates,
@@ -132,6 +133,32 @@ def queue(
         "data": data,
         "workers": live_workers,
     }
+
+
+def batch_events(db: Database, batch_id: str) -> list[dict[str, Any]]:
+    """What happened to a batch, oldest first (status changes, units, engine errors)."""
+    with db.read() as s:
+        events = s.execute(
+            select(BatchEventRow)
+            .where(BatchEventRow.batch_id == batch_id)
+            .order_by(BatchEventRow.id)
+        ).scalars()
+        return [{"at": e.at, "kind": e.kind, "message": e.message} for e in events]
+
+
+def visible_queue(
+    db: Database, store: FileStore, aliases: dict[str, str], scope: Scope | None = None
+) -> dict[str, Any]:
+    """The queue as a tenant may see it (``scope``; ``None``: everything): positions, jobs
+    ahead and ETAs count every batch, but only the tenant's own batches are listed."""
+    snap = queue(db, store, aliases)
+    if scope is not None:
+        with db.read() as s:
+            mine = set(
+                s.execute(scope(select(BatchRow.id).where(BatchRow.status.in_(LIVE)))).scalars()
+            )
+        snap["data"] = [e for e in snap["data"] if e["id"] in mine]
+    return snap
 
 
 def _planned(r: BatchRow, store: FileStore, aliases: dict[str, str]) -> Planned:

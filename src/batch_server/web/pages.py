@@ -12,11 +12,10 @@ from urllib.parse import parse_qs, urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from batch_server import estimates, keys
+from batch_server import estimates, keys, version
 from batch_server.api.auth import (
     OPEN,
     SESSION_COOKIE,
@@ -26,15 +25,13 @@ from batch_server.api.auth import (
     check_not_cross_site,
     principal,
 )
-from batch_server.api.batches import create_from_form, dry_run, load
+from batch_server.api.batch_creation import create_from_form, dry_run, load
 from batch_server.api.deps import Ctx, Offset
-from batch_server.api.health import gpu_status, version
-from batch_server.api.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
-from batch_server.api.queue import snapshot
 from batch_server.api.uploads import form_file, form_text, read_form
-from batch_server.db.tables import BatchEventRow
+from batch_server.app_context import AppContext
 from batch_server.errors import APIError
 from batch_server.jobs import reports
+from batch_server.jobs.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
 from batch_server.jobs.lifecycle import LIVE
 from batch_server.openai_types import SUPPORTED_ENDPOINTS
 
@@ -98,6 +95,11 @@ def render(request: Request, name: str, **context: Any) -> HTMLResponse:
         return HTMLResponse(html.encode("utf-8", "replace"))
 
 
+def _queue(ctx: AppContext) -> dict[str, Any]:
+    """The whole queue (the dashboard is for admins)."""
+    return reports.visible_queue(ctx.db, ctx.store, ctx.settings.model_aliases())
+
+
 @router.get("/")
 def root() -> RedirectResponse:
     return RedirectResponse("/ui", status_code=307)
@@ -105,7 +107,7 @@ def root() -> RedirectResponse:
 
 @router.get("/ui")
 def overview(request: Request, ctx: Ctx) -> HTMLResponse:
-    queue = snapshot(ctx)
+    queue = _queue(ctx)
     with ctx.db.read() as s:
         rates = estimates.model_rates(s)
     return render(
@@ -115,7 +117,7 @@ def overview(request: Request, ctx: Ctx) -> HTMLResponse:
         queue=queue,
         version=version(),
         uptime=time.time() - ctx.started_at,
-        gpu=gpu_status(ctx),
+        gpu=ctx.gpu.status(),
         models=ctx.settings.models,
         rates=rates,
     )
@@ -127,7 +129,7 @@ def status_fragment(request: Request, ctx: Ctx) -> HTMLResponse:
     return render(
         request,
         "_status.html",
-        queue=snapshot(ctx),
+        queue=_queue(ctx),
     )
 
 
@@ -137,7 +139,7 @@ def queue_page(request: Request, ctx: Ctx) -> HTMLResponse:
         request,
         "queue.html",
         page="queue",
-        queue=snapshot(ctx),
+        queue=_queue(ctx),
     )
 
 
@@ -147,7 +149,7 @@ def queue_rows(request: Request, ctx: Ctx) -> HTMLResponse:
     return render(
         request,
         "_queue_rows.html",
-        queue=snapshot(ctx),
+        queue=_queue(ctx),
     )
 
 
@@ -171,7 +173,7 @@ def batches_page(
             since=_date(since, "since"),
             until=_date(until, "until", end_of_day=True),
         )
-        rows, more = history_page(ctx, filters, 25, after or None)
+        rows, more = history_page(ctx.db, ctx.settings.model_aliases(), filters, 25, after or None)
     except APIError as exc:
         error, rows, more = exc.message, [], False
     form = {"status": status, "model": model, "q": q, "since": since, "until": until}
@@ -204,17 +206,11 @@ def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: Offset = 0) ->
     row = load(ctx, batch_id, OPEN)
     with ctx.db.read() as s:
         rate = estimates.batch_rates(s, [batch_id]).get(batch_id)
-        events = list(
-            s.execute(
-                select(BatchEventRow)
-                .where(BatchEventRow.batch_id == batch_id)
-                .order_by(BatchEventRow.id)
-            ).scalars()
-        )
+    events = reports.batch_events(ctx.db, batch_id)
     failures, more_failures = reports.failed_requests(ctx.db, ctx.store, row, 0, 50)
     pairs, more_pairs = reports.request_pairs(ctx.db, ctx.store, row, offset, 10)
     entry = next(
-        (e for e in snapshot(ctx)["data"] if e["id"] == batch_id),
+        (e for e in _queue(ctx)["data"] if e["id"] == batch_id),
         None,
     )
     return render(
@@ -294,7 +290,7 @@ async def submit_form(request: Request, ctx: Ctx) -> Response:
                 error = {"line": None, **exc.body()["error"]}
                 result = {"valid": False, "total": 0, "errors": [error]}
             else:
-                return RedirectResponse(f"/ui/batches/{batch['id']}", status_code=303)
+                return RedirectResponse(f"/ui/batches/{batch.id}", status_code=303)
     finally:
         await form.close()
     return _submit_form(request, ctx, result, values)
