@@ -11,32 +11,29 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
 import psutil
 
 from batch_server.config import Settings
+from batch_server.openai_types.health import GpuReading
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class GpuReading:
-    index: int
-    name: str
-    memory_used_bytes: int
-    memory_total_bytes: int
-    utilization_percent: float
-    temperature_c: float
-
-    @property
-    def memory_percent(self) -> float:
-        return (
-            100.0 * self.memory_used_bytes / self.memory_total_bytes
-            if self.memory_total_bytes
-            else 0.0
-        )
+def reading(
+    index: int, name: str, used: int, total: int, utilization: float, temperature: float
+) -> GpuReading:
+    """One GPU's figures (the ``/health`` object is the one type for them)."""
+    return GpuReading(
+        index=index,
+        name=name,
+        memory_used_bytes=used,
+        memory_total_bytes=total,
+        utilization_percent=utilization,
+        temperature_c=temperature,
+        memory_percent=100.0 * used / total if total else 0.0,
+    )
 
 
 def hold_reason(
@@ -112,15 +109,13 @@ class GpuMonitor:
                 memory = nv.nvmlDeviceGetMemoryInfo(handle)
                 name = nv.nvmlDeviceGetName(handle)
                 readings.append(
-                    GpuReading(
-                        index=i,
-                        name=name.decode() if isinstance(name, bytes) else str(name),
-                        memory_used_bytes=int(memory.used),
-                        memory_total_bytes=int(memory.total),
-                        utilization_percent=float(nv.nvmlDeviceGetUtilizationRates(handle).gpu),
-                        temperature_c=float(
-                            nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)
-                        ),
+                    reading(
+                        i,
+                        name.decode() if isinstance(name, bytes) else str(name),
+                        int(memory.used),
+                        int(memory.total),
+                        float(nv.nvmlDeviceGetUtilizationRates(handle).gpu),
+                        float(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)),
                     )
                 )
         return readings
@@ -152,5 +147,7 @@ class GpuMonitor:
             "hold_reason": hold_reason(
                 readings, self.settings.gpu_max_memory_percent, self.settings.gpu_max_temperature_c
             ),
-            "gpus": [asdict(r) | {"memory_percent": round(r.memory_percent, 1)} for r in readings],
+            "gpus": [
+                r.model_dump() | {"memory_percent": round(r.memory_percent, 1)} for r in readings
+            ],
         }

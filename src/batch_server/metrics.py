@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from batch_server.db.dialect import upsert
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, MetricRow, WebhookDeliveryRow, WorkerRow
-from batch_server.gpu import GpuReading
+from batch_server.openai_types import GpuReading
 
 log = logging.getLogger(__name__)
 

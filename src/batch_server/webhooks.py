@@ -298,28 +298,6 @@ def status_changed(s: Session, batch_id: str, status: str) -> None:
         enqueue(s, batch_id, event)
 
 
-def maybe_progress(s: Session, batch_id: str, interval: float) -> None:
-    """Enqueue ``batch.progress`` at most once per ``interval`` seconds per batch."""
-    now = time.time()
-    due = rowcount(
-        s.execute(
-            update(BatchRow)
-            .where(
-                BatchRow.id == batch_id,
-                BatchRow.webhook_events.contains("batch.progress"),
-                or_(
-                    BatchRow.webhook_progress_at.is_(None),
-                    BatchRow.webhook_progress_at <= now - interval,
-                ),
-            )
-            .values(webhook_progress_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    if due:
-        enqueue(s, batch_id, "batch.progress")
-
-
 # -- signing ---------------------------------------------------------------------------
 
 

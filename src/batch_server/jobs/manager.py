@@ -90,16 +90,7 @@ class Ending:
 
 
 class JobManager(WorkQueue):
-    def __init__(
-        self,
-        db: Database,
-        lease_seconds: float,
-        progress_seconds: float = 30.0,
-        max_attempts: int = 3,
-        wake: Wakeup | None = None,
-    ) -> None:
-        super().__init__(db, lease_seconds, progress_seconds, max_attempts)
-        self.wake = wake
+    """Batches, batch steps and workers; work units through :class:`WorkQueue`."""
 
     @classmethod
     def from_settings(cls, db: Database, settings: Settings, wake: Wakeup | None) -> JobManager:
@@ -110,11 +101,6 @@ class JobManager(WorkQueue):
             settings.engine_max_attempts,
             wake,
         )
-
-    def wake_workers(self) -> None:
-        """Wake idle workers (here and on other hosts): there is something to do."""
-        if self.wake is not None:
-            self.wake.notify()
 
     # -- batches --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from batch_server.db.session import Database, rowcount
 from batch_server.db.tables import BatchRow, ResultRow, WorkUnitRow
 from batch_server.jobs import lifecycle
 from batch_server.statuses import BatchStatus, UnitStatus
+from batch_server.wakeup import Wakeup
 
 # The order batches run in: higher priority first, then FIFO. Claims, the queue view and
 # its ETAs all use it.
@@ -93,13 +94,20 @@ class WorkQueue:
         lease_seconds: float,
         progress_seconds: float = 30.0,
         max_attempts: int = 3,
+        wake: Wakeup | None = None,
     ) -> None:
         self.db = db
         self.lease_seconds = lease_seconds
         self.progress_seconds = progress_seconds
+        self.wake = wake
         self.max_attempts = (
             max_attempts  # failed runs of a unit (or batch step) before its batch fails
         )
+
+    def wake_workers(self) -> None:
+        """Wake idle workers (here and on other hosts): there is something to do."""
+        if self.wake is not None:
+            self.wake.notify()
 
     def claim_unit(self, worker_id: str, prefer_model: str | None) -> Claim | None:
         """Lease the next runnable unit: highest batch priority first, then units of the
@@ -258,11 +266,33 @@ class WorkQueue:
             for kind, n in (("prompt", inp), ("completion", out)):
                 if n:
                     metrics.increment(s, "tokens", {"model": claim.model, "kind": kind}, n)
-            webhooks.maybe_progress(s, claim.batch_id, self.progress_seconds)
+            self._progress_webhook(s, claim.batch_id)
+
+    def _progress_webhook(self, s: Session, batch_id: str) -> None:
+        """Queue ``batch.progress`` if the batch subscribed, at most once per
+        ``progress_seconds`` (its last time is kept on the batch row)."""
+        now = time.time()
+        due = rowcount(
+            s.execute(
+                update(BatchRow)
+                .where(
+                    BatchRow.id == batch_id,
+                    BatchRow.webhook_events.contains("batch.progress"),
+                    or_(
+                        BatchRow.webhook_progress_at.is_(None),
+                        BatchRow.webhook_progress_at <= now - self.progress_seconds,
+                    ),
+                )
+                .values(webhook_progress_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        if due:
+            webhooks.enqueue(s, batch_id, "batch.progress")
 
     def complete_unit(self, claim: Claim) -> bool:
-        """Mark the unit done; the last unit of a batch moves it to ``finalizing`` (and
-        ``True`` is returned)."""
+        """Mark the unit done; the last unit of a batch moves it to ``finalizing`` (``True``
+        is returned, and the workers are woken to finalize it)."""
         with self.db.write() as s:
             self._fence(s, claim)
             s.execute(
@@ -275,7 +305,10 @@ class WorkQueue:
             )
             if s.execute(select(unfinished)).scalar():
                 return False
-            return lifecycle.transition(s, claim.batch_id, BatchStatus.FINALIZING)
+            finalizing = lifecycle.transition(s, claim.batch_id, BatchStatus.FINALIZING)
+        if finalizing:
+            self.wake_workers()  # to finalize it now
+        return finalizing
 
     def give_back(self, claim: Claim) -> bool:
         """Return a unit claimed but never started (no attempt counted); ``False`` if it

@@ -123,34 +123,25 @@ def overview(request: Request, ctx: Ctx) -> HTMLResponse:
     )
 
 
+def _with_queue(request: Request, ctx: AppContext, template: str, **context: Any) -> HTMLResponse:
+    return render(request, template, queue=_queue(ctx), **context)
+
+
 @router.get("/ui/fragments/status")
 def status_fragment(request: Request, ctx: Ctx) -> HTMLResponse:
     """The overview's live part (workers and queue depth), re-fetched by the page."""
-    return render(
-        request,
-        "_status.html",
-        queue=_queue(ctx),
-    )
+    return _with_queue(request, ctx, "_status.html")
 
 
 @router.get("/ui/queue")
 def queue_page(request: Request, ctx: Ctx) -> HTMLResponse:
-    return render(
-        request,
-        "queue.html",
-        page="queue",
-        queue=_queue(ctx),
-    )
+    return _with_queue(request, ctx, "queue.html", page="queue")
 
 
 @router.get("/ui/queue/rows")
 def queue_rows(request: Request, ctx: Ctx) -> HTMLResponse:
     """The queue table's rows, re-fetched when batches join, leave or change order."""
-    return render(
-        request,
-        "_queue_rows.html",
-        queue=_queue(ctx),
-    )
+    return _with_queue(request, ctx, "_queue_rows.html")
 
 
 @router.get("/ui/batches")

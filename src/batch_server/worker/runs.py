@@ -161,8 +161,7 @@ class Runner:
             if unit.left == 0:
                 # out of the run first: its renewals fail once it is complete
                 run.units.pop(unit.claim.unit_id)
-                if self.jobs.complete_unit(unit.claim):
-                    self.jobs.wake_workers()  # finalize it now
+                self.jobs.complete_unit(unit.claim)
         except LeaseLost:
             run.units.pop(unit.claim.unit_id, None)
             self.leases.fenced(unit.claim)
@@ -212,8 +211,7 @@ class Runner:
         )
         if not requests:
             try:
-                if self.jobs.complete_unit(claim):
-                    self.jobs.wake_workers()
+                self.jobs.complete_unit(claim)
             except LeaseLost:
                 self.leases.fenced(claim)
             return []
