@@ -14,22 +14,19 @@ import threading
 from collections.abc import Callable
 
 from batch_server.config import Settings
-from batch_server.engines.base import EngineRequest, EngineResult
+from batch_server.engines.base import EngineRequest
 from batch_server.engines.process import EngineProcess
-from batch_server.estimates import SampleRecorder
 from batch_server.jobs.manager import JobManager
-from batch_server.jobs.queue import Claim, LeaseLost, Result
+from batch_server.jobs.queue import Claim
 from batch_server.logs import bind
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.worker.convert import (
     crashed,
     engine_error,
-    read_requests,
-    to_result,
-    unstorable,
 )
 from batch_server.worker.engine_slot import EngineSlot
+from batch_server.worker.feed import Feed
 from batch_server.worker.leases import Leases, Run
 from batch_server.worker.presence import Presence
 
@@ -55,6 +52,7 @@ class Runner:
         self.slot = slot
         self.presence = presence
         self.leases = Leases(jobs, presence.id, settings.lease_seconds)
+        self.feed = Feed(jobs, store, self.leases, presence.id)
         # False when the worker stops or is held: the run takes no further unit
         self.may_take_more = may_take_more
 
@@ -72,7 +70,7 @@ class Runner:
             self._run_isolated(claim)
             return None
         run = Run()
-        requests = self._add_unit(run, claim)
+        requests = self.feed.add_unit(run, claim)
         if not requests:
             return None
         failure: Exception | None = None
@@ -87,7 +85,7 @@ class Runner:
             try:
                 with contextlib.closing(results):
                     for result in results:
-                        if not self._take_result(run, result, stop):
+                        if not self.feed.take_result(run, result, stop):
                             break
             except Exception as exc:  # the engine itself broke: retry elsewhere/later
                 log.exception("engine for %s failed during unit %s", claim.model, claim.unit_id)
@@ -109,7 +107,7 @@ class Runner:
         :data:`ISOLATION_CRASH_LIMIT` requests in a row kill it is the engine to blame: the
         unit goes back with the engine's error, as after any engine failure."""
         run = Run()
-        requests = self._add_unit(run, claim)
+        requests = self.feed.add_unit(run, claim)
         if not requests:
             return
         self.jobs.log(
@@ -146,80 +144,9 @@ class Runner:
                     results = [crashed(req.index, exc)]
                 else:
                     in_a_row = 0 if results else in_a_row
-                if not all(self._take_result(run, r, stop) for r in results):
+                if not all(self.feed.take_result(run, r, stop) for r in results):
                     break
         self.leases.release(run, failure or run.store_error)
-
-    def _take_result(self, run: Run, result: EngineResult, stop: threading.Event) -> bool:
-        """Store a finished request and complete its unit when it was the unit's last;
-        ``False`` when the run must stop (a lease lost, or the database refusing)."""
-        unit, result = run.finish(result)
-        stored = to_result(result, unit.custom_ids[result.index])
-        try:
-            self._store(unit.claim, stored)
-            run.samples[unit.claim.batch_id].add(stored.input_tokens, stored.output_tokens)
-            if unit.left == 0:
-                # out of the run first: its renewals fail once it is complete
-                run.units.pop(unit.claim.unit_id)
-                self.jobs.complete_unit(unit.claim)
-        except LeaseLost:
-            run.units.pop(unit.claim.unit_id, None)
-            self.leases.fenced(unit.claim)
-            stop.set()  # the run's other units go back to the queue
-            return False
-        except Exception as exc:  # the database, not the engine: stop, retry later
-            log.exception("could not store a result of unit %s", unit.claim.index)
-            run.units.setdefault(unit.claim.unit_id, unit)  # released after the run
-            run.store_error = f"could not store a result: {type(exc).__name__}: {exc}"
-            stop.set()
-            return False
-        return True
-
-    def _store(self, claim: Claim, result: Result) -> None:
-        """Store one result. One the database refuses (it should not happen: odd input is
-        refused at the door) is replaced by an error line for that request alone, so one
-        odd result never sends its unit back to the queue for ever; if that is refused too,
-        the database itself is failing and the error propagates."""
-        try:
-            self.jobs.record(claim, [result], self.presence.id)
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            log.exception(
-                "result %s of %s refused; stored as an error", result.request_index, claim.batch_id
-            )
-            self.jobs.record(claim, [unstorable(result, exc)], self.presence.id)
-
-    def _add_unit(self, run: Run, claim: Claim) -> list[EngineRequest]:
-        """The unit's unfinished requests, numbered for this run (a unit with none left is
-        completed at once; one whose input cannot be read goes back as a failed attempt)."""
-        done = self.jobs.done_indexes(claim)
-        try:
-            requests = [r for r in read_requests(self.store, claim) if r.index not in done]
-        except Exception as exc:  # the storage, not the engine; counted all the same
-            log.exception("could not read the input of unit %s", claim.index)
-            error = f"could not read its input: {type(exc).__name__}: {exc}"
-            self.leases.release_unit(claim, error)
-            return []
-        # joining a run: the engine had these requests (of earlier units) still in hand
-        joined = f"; joins {len(run.slots)} still running" if run.slots else ""
-        self.jobs.log(
-            claim.batch_id,
-            "unit",
-            f"unit {claim.index} on {self.presence.id}: {len(requests)} to run, "
-            f"{len(done)} already finished{joined}",
-        )
-        if not requests:
-            try:
-                self.jobs.complete_unit(claim)
-            except LeaseLost:
-                self.leases.fenced(claim)
-            return []
-        if claim.batch_id not in run.samples:
-            run.samples[claim.batch_id] = SampleRecorder(
-                self.jobs.db, claim.batch_id, claim.model, self.presence.id
-            )
-        return run.add(claim, requests)
 
     def _more(self, run: Run, engine: EngineProcess, stop: threading.Event) -> list[EngineRequest]:
         """The next unit of the engine's model, for an engine that could take more now; none
@@ -250,7 +177,7 @@ class Runner:
                     return []
                 self.presence.engine(WorkerState.RUNNING, claim.batch_id)
                 with bind(batch_id=claim.batch_id):
-                    requests = self._add_unit(run, claim)
+                    requests = self.feed.add_unit(run, claim)
                 if requests:
                     return requests
         except Exception:
