@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from batch_server import gpu
 from batch_server.config import Settings
 from batch_server.gpu import GpuMonitor, GpuReading, hold_reason
 from conftest import Cluster, chat_line, submit, wait_for
@@ -12,7 +13,7 @@ GIB = 2**30
 
 
 def reading(used_gib: float, temp: float, index: int = 0) -> GpuReading:
-    return GpuReading(index, "test", int(used_gib * GIB), 80 * GIB, 50.0, temp)
+    return gpu.reading(index, "test", int(used_gib * GIB), 80 * GIB, 50.0, temp)
 
 
 def test_thresholds() -> None:

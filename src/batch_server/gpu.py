@@ -18,6 +18,8 @@ import psutil
 from batch_server.config import Settings
 from batch_server.openai_types.health import GpuReading
 
+__all__ = ["GpuReading", "GpuMonitor", "hold_reason", "host_hold_reason", "host_status", "reading"]
+
 log = logging.getLogger(__name__)
 
 
