@@ -182,11 +182,12 @@ class JobManager(WorkQueue):
     def mark_expired(self) -> int:
         """Decide ``expired`` for open batches past their completion window."""
         now = int(time.time())
+        query = select(BatchRow.id).where(lifecycle.undecided(), BatchRow.expires_at <= now)
+        if not self._any(query):
+            return 0
         with self.db.write() as s:
-            due = s.execute(
-                select(BatchRow.id).where(lifecycle.undecided(), BatchRow.expires_at <= now)
-            ).scalars()
-            return sum(lifecycle.decide(s, b, BatchStatus.EXPIRED) for b in list(due))
+            due = list(s.execute(query).scalars())
+            return sum(lifecycle.decide(s, b, BatchStatus.EXPIRED) for b in due)
 
     def log(self, batch_id: str, kind: str, message: str) -> None:
         with self.db.write() as s:
@@ -200,6 +201,8 @@ class JobManager(WorkQueue):
         free = (BatchRow.lease_token.is_(None)) | (BatchRow.lease_expires_at < now)
         needs = lifecycle.to_finalize() | lifecycle.to_validate()
         query = select(BatchRow.id).where(free, needs).order_by(*RUN_ORDER).limit(1)
+        if not self._any(query):
+            return None
         for _ in range(5):  # lost races are retried a few times
             with self.db.write() as s:
                 batch_id = s.execute(skip_locked(s, query)).scalar()

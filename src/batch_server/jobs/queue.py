@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -109,30 +110,36 @@ class WorkQueue:
         if self.wake is not None:
             self.wake.notify()
 
+    def _any(self, query: Select[Any]) -> bool:
+        """Whether ``query`` finds a row, read without the write lock: the polls of an idle
+        worker then cost no write transaction."""
+        with self.db.read() as s:
+            return s.execute(query.limit(1)).first() is not None
+
     def claim_unit(self, worker_id: str, prefer_model: str | None) -> Claim | None:
         """Lease the next runnable unit: highest batch priority first, then units of the
         model already loaded (to avoid a swap), then oldest batch, then unit order."""
         now = time.time()
+        runnable = or_(
+            WorkUnitRow.status == UnitStatus.PENDING,
+            and_(WorkUnitRow.status == UnitStatus.LEASED, WorkUnitRow.lease_expires_at < now),
+        )
+        prefer = case((WorkUnitRow.model == prefer_model, 0), else_=1)
+        query = (
+            select(WorkUnitRow.id)
+            .join(BatchRow, BatchRow.id == WorkUnitRow.batch_id)
+            .where(
+                runnable,
+                lifecycle.runnable(),
+                or_(WorkUnitRow.not_before.is_(None), WorkUnitRow.not_before <= now),
+            )
+            .order_by(RUN_ORDER[0], prefer, *RUN_ORDER[1:], WorkUnitRow.index)
+            .limit(1)
+        )
+        if not self._any(query):
+            return None
         for _ in range(5):  # lost races are retried a few times
             with self.db.write() as s:
-                runnable = or_(
-                    WorkUnitRow.status == UnitStatus.PENDING,
-                    and_(
-                        WorkUnitRow.status == UnitStatus.LEASED, WorkUnitRow.lease_expires_at < now
-                    ),
-                )
-                prefer = case((WorkUnitRow.model == prefer_model, 0), else_=1)
-                query = (
-                    select(WorkUnitRow.id)
-                    .join(BatchRow, BatchRow.id == WorkUnitRow.batch_id)
-                    .where(
-                        runnable,
-                        lifecycle.runnable(),
-                        or_(WorkUnitRow.not_before.is_(None), WorkUnitRow.not_before <= now),
-                    )
-                    .order_by(RUN_ORDER[0], prefer, *RUN_ORDER[1:], WorkUnitRow.index)
-                    .limit(1)
-                )
                 unit_id = s.execute(skip_locked(s, query, of=WorkUnitRow)).scalar()
                 if unit_id is None:
                     return None
