@@ -105,12 +105,16 @@ function queuePage() {
     if (order !== body.dataset.order && !editing()) {
       const resp = await fetch("/ui/queue/rows");
       if (!resp.ok) throw new Error(`/ui/queue/rows: ${resp.status}`);
-      body.innerHTML = await resp.text();
-      body.dataset.order = order;
+      const html = await resp.text();
+      // the user may have started typing while the rows were on their way
+      if (!editing()) {
+        body.innerHTML = html;
+        body.dataset.order = order;
+      }
     }
     q.data.forEach(applyEntry);
   };
-  body.dataset.order = "";
+  // data-order comes with the server-rendered rows: no re-fetch unless the queue moves
   every(1500, refresh);
   actions(refresh);
 }
