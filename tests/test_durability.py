@@ -74,8 +74,10 @@ def test_units_join_the_running_engine(cluster: Cluster) -> None:
     completes_exactly_once(cluster.client, created.id, lines)
     units = batch_log(cluster, created.id, "unit")
     assert len(units) == 3 and "still running" not in units[0], units
-    # llama.cpp runs one request at a time: one was running when each further unit came
-    assert all(m.endswith("4 to run, 0 already finished; joins 1 still running") for m in units[1:])
+    # requests of the unit before were still running when each further unit came
+    assert all(
+        re.search(r"4 to run, 0 already finished; joins \d+ still running$", m) for m in units[1:]
+    ), units
 
 
 TWO_MODELS = (
@@ -143,8 +145,8 @@ def test_cancel_in_the_middle(client: openai.OpenAI) -> None:
 
 def test_completion_window_expiry(client: openai.OpenAI) -> None:
     lines = story_lines(30)
-    created = submit(client, lines, completion_window="4s")
-    assert created.expires_at - created.created_at == 4
+    created = submit(client, lines, completion_window="6s")
+    assert created.expires_at - created.created_at == 6
     batch = wait_for(client, created.id, timeout=30)
     assert batch.status == "expired", batch
     assert batch.expired_at is not None

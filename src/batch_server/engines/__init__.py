@@ -12,6 +12,10 @@ from batch_server.config import ModelSpec
 from batch_server.engines.base import Engine, EngineFailure
 from batch_server.engines.process import EngineProcess
 
+# Sequences a llama.cpp engine decodes at once, unless a model's ``engine_args`` say
+# ``parallel`` (1: the sequential engine).
+LLAMACPP_PARALLEL = 4
+
 
 def start_engine(
     model_id: str, spec: ModelSpec, data_dir: Path, start_timeout: float = 900.0
@@ -36,8 +40,13 @@ def load_engine(model_id: str, spec: ModelSpec, data_dir: Path | None = None) ->
         raise EngineFailure(str(exc)) from exc
     if spec.engine == "llamacpp":
         from batch_server.engines.llamacpp import LlamaCppEngine
+        from batch_server.engines.llamacpp_batched import BatchedLlamaCppEngine
 
-        return LlamaCppEngine(model_id, path, spec.engine_args)
+        args = dict(spec.engine_args)
+        if int(args.setdefault("parallel", LLAMACPP_PARALLEL)) > 1:
+            return BatchedLlamaCppEngine(model_id, path, args)
+        del args["parallel"]
+        return LlamaCppEngine(model_id, path, args)
     if spec.engine == "vllm":
         from batch_server.engines.vllm import VllmEngine
 

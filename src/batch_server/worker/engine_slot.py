@@ -4,14 +4,17 @@ restart policy for an engine whose memory has grown."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 
 from batch_server import metrics
-from batch_server.config import Settings
+from batch_server.config import ModelSpec, Settings
 from batch_server.engines import start_engine
 from batch_server.engines.base import EngineFailure
 from batch_server.engines.process import EngineProcess
+from batch_server.jobs import reports
 from batch_server.jobs.manager import JobManager
 from batch_server.statuses import WorkerState
 from batch_server.worker.presence import Presence
@@ -78,7 +81,10 @@ class EngineSlot:
         started = time.monotonic()
         try:
             self.engine = start_engine(
-                model_id, spec, self.settings.data_dir, self.settings.engine_start_timeout
+                model_id,
+                self._sized(spec),
+                self.settings.data_dir,
+                self.settings.engine_start_timeout,
             )
         finally:
             self.presence.engine(state, batch_id)
@@ -88,6 +94,19 @@ class EngineSlot:
         metrics.count(self.jobs.db, "engine_loads", labels)
         metrics.count(self.jobs.db, "engine_load_seconds_sum", labels, seconds)
         return self.engine
+
+    def _sized(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` with its CPU threads set to this worker's share of the host (the cores
+        it may use, divided among the live workers on this host), unless it sets them. A
+        llama.cpp engine's threads spin: engines that together ask for more threads than
+        there are cores stall one another."""
+        if spec.engine != "llamacpp" or "n_threads" in spec.engine_args:
+            return spec
+        host = socket.gethostname()
+        workers = sum(1 for w in reports.workers(self.jobs.db) if w["hostname"] == host)
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+        log.info("engine threads: %d (%d worker(s) on this host)", threads, workers)
+        return spec.model_copy(update={"engine_args": {**spec.engine_args, "n_threads": threads}})
 
     def preload(self, model_id: str) -> None:
         try:
