@@ -7,10 +7,7 @@
    - with ``vllm run-batch`` (timed from the end of its engine start-up, the
      "init engine" log line, to its exit).
    Prints requests/s of each and the ratios server ÷ baseline.
-2. Prefix-aware ordering: a workload of 8 long system prompts shared by 200 users,
-   interleaved in the file, run through the vLLM engine with and without ordering (prefix
-   cache reset before each run). Prints the time and the prompt tokens read from cache.
-3. With ``--unit-sizes 256,1024``: the server again on a file of ``--unit-requests``
+2. With ``--unit-sizes 256,1024``: the server again on a file of ``--unit-requests``
    (1024) requests with each work-unit size. The worker feeds the next unit while the
    last one's requests are still running, so the ratios should stay near 1.00 (before it
    did, vLLM's batch drained at each unit end: 1024-request units were 1.23× faster
@@ -35,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from bench_core import TOPICS, requests, run_batch, start_processes
+from bench_core import requests, run_batch, start_processes
 
 from batch_server.config import VLLM_MODEL_ID, default_models
 
@@ -52,24 +49,6 @@ def chat_lines(n: int, max_tokens: int) -> list[dict]:
     for line in lines:
         line["body"]["model"] = VLLM_MODEL_ID
     return lines
-
-
-def shared_prefix_lines(n: int, prompts: int = 8) -> list[dict]:
-    """``n`` users over ``prompts`` long system prompts, interleaved (round robin)."""
-    systems = [
-        f"You are assistant number {k}. "
-        + " ".join(
-            f"Rule {j}: answer about {TOPICS[(j + k) % 10]} in plain words." for j in range(40)
-        )
-        for k in range(prompts)
-    ]
-    lines = chat_lines(n, 4)
-    for i, line in enumerate(lines):
-        line["body"]["messages"].insert(0, {"role": "system", "content": systems[i % prompts]})
-    return lines
-
-
-# -- the three ways -----------------------------------------------------------------------
 
 
 def through_server(lines: list[dict], tmp: Path, unit_size: int | None = None) -> float:
@@ -168,39 +147,16 @@ def child_llm_chat() -> None:
     print(RESULT + json.dumps(elapsed), flush=True)
 
 
-def child_prefix() -> None:
-    """Run the shared-prefix workload through the vLLM engine with and without ordering."""
-    from batch_server.engines.base import EngineRequest
-    from batch_server.engines.vllm import VllmEngine
-
-    lines = json.loads(sys.stdin.read())
-    engine = VllmEngine(VLLM_MODEL_ID, MODEL_DIR, ENGINE_ARGS | {"max_num_seqs": 16})
-    reqs = [EngineRequest(i, x["custom_id"], x["url"], x["body"]) for i, x in enumerate(lines)]
-    figures = {}
-    for ordering in (False, True, False, True):
-        engine.prefix_ordering = ordering
-        engine.llm.reset_prefix_cache()
-        started = time.perf_counter()
-        results = list(engine.run(reqs, lambda: False))
-        elapsed = time.perf_counter() - started
-        cached = sum(r.body["usage"]["prompt_tokens_details"]["cached_tokens"] for r in results)
-        prompt = sum(r.body["usage"]["prompt_tokens"] for r in results)
-        figures[ordering] = (elapsed, cached, prompt)  # the second (warm) run of each counts
-    print(RESULT + json.dumps({str(k): v for k, v in figures.items()}), flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--unit-sizes", default="", help="e.g. 256,1024 (part 3)")
     parser.add_argument("--unit-requests", type=int, default=1024)
-    parser.add_argument("--child", choices=["llm-chat", "prefix"])
+    parser.add_argument("--child", choices=["llm-chat"])
     args = parser.parse_args()
     if args.child == "llm-chat":
         return child_llm_chat()
-    if args.child == "prefix":
-        return child_prefix()
 
     subprocess.run(
         [sys.executable, "-m", "batch_server", "models", "prepare", VLLM_MODEL_ID],
@@ -217,7 +173,6 @@ def main() -> None:
         print(f"LLM.chat: {chat_s:.1f} s", file=sys.stderr, flush=True)
         run_batch_s = through_run_batch(lines, Path(tmp))
         print(f"run-batch: {run_batch_s:.1f} s", file=sys.stderr, flush=True)
-    prefix = in_child("prefix", shared_prefix_lines(args.requests))
     by_unit: dict[int, float] = {}
     unit_lines = chat_lines(args.unit_requests, args.max_tokens)
     for unit in [int(u) for u in args.unit_sizes.split(",") if u]:
@@ -236,11 +191,6 @@ def main() -> None:
         print(f"  {name:40s} {secs:7.1f} s  {n / secs:6.2f} req/s")
     print(f"  ratio server ÷ LLM.chat:    {chat_s / server_s:.2f}")
     print(f"  ratio server ÷ run-batch:   {run_batch_s / server_s:.2f}")
-    (off_s, off_cached, total), (on_s, on_cached, _) = prefix["False"], prefix["True"]
-    print(f"prefix-aware ordering, {n} requests over 8 shared system prompts, interleaved:")
-    print(f"  file order:    {off_s:6.1f} s, {off_cached}/{total} prompt tokens from cache")
-    print(f"  prefix order:  {on_s:6.1f} s, {on_cached}/{total} prompt tokens from cache")
-    print(f"  gain: {off_s / on_s:.2f}x throughput")
     if by_unit:
         base_unit = min(by_unit)
         print(f"work-unit size, {args.unit_requests} requests through the server:")
