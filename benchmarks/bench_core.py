@@ -1,12 +1,15 @@
 """End-to-end overhead of the server against the bare engine, measured in one run.
 
-1. The same 200 chat requests straight through the llama.cpp engine in this process
-   (the baseline), then through a real server with the official ``openai`` SDK
-   (upload → create → poll → completed). Prints the throughput ratio.
+1. The bench workload (``bench_llamacpp_batch.workload``: 200 recruiting-assistant chat
+   requests, one shared system prompt, ``max_tokens`` 48, temperature 0) straight through
+   the default llama.cpp engine in this process (the baseline), then through a real server
+   with the official ``openai`` SDK (upload → create → poll once a second → completed).
+   Prints the throughput ratio, and the same server figure against the sequential engine
+   (``parallel`` 1) for reference.
 2. Submit-to-completed latency of a one-request batch on a warm model, next to the time
    the engine alone needs for that request.
 
-Run: ``.venv/bin/python benchmarks/bench_core.py [--requests 200] [--max-tokens 32]``
+Run: ``.venv/bin/python benchmarks/bench_core.py [--requests 200] [--poll 1.0]``
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import openai
+from bench_llamacpp_batch import workload
 
 from batch_server.config import DEFAULT_MODEL_ID, default_models
 from batch_server.engines import load_engine
@@ -66,9 +70,20 @@ def requests(n: int, max_tokens: int) -> list[dict]:
     ]
 
 
-def run_engine(lines: list[dict]) -> tuple[float, int]:
-    """Seconds and completion tokens for the requests straight through the engine."""
-    engine = load_engine(DEFAULT_MODEL_ID, default_models()[DEFAULT_MODEL_ID])
+def bench_lines(n: int) -> list[dict]:
+    """The bench workload as batch input lines."""
+    return [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for i, body in enumerate(workload(n))
+    ]
+
+
+def run_engine(lines: list[dict], **engine_args: object) -> tuple[float, int]:
+    """Seconds and completion tokens for the requests straight through the engine (the
+    default model as configured, ``engine_args`` on top)."""
+    spec = default_models()[DEFAULT_MODEL_ID]
+    spec = spec.model_copy(update={"engine_args": {**spec.engine_args, **engine_args}})
+    engine = load_engine(DEFAULT_MODEL_ID, spec)
     reqs = [EngineRequest(i, x["custom_id"], x["url"], x["body"]) for i, x in enumerate(lines)]
     started = time.perf_counter()
     tokens = sum(r.body["usage"]["completion_tokens"] for r in engine.run(reqs, lambda: False))
@@ -139,12 +154,13 @@ def run_batch(client: openai.OpenAI, lines: list[dict], poll: float) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--poll", type=float, default=1.0, help="SDK poll interval (s)")
     parser.add_argument("--latency-runs", type=int, default=5)
     args = parser.parse_args()
-    lines = requests(args.requests, args.max_tokens)
+    lines = bench_lines(args.requests)
 
     engine_s, engine_tokens = run_engine(lines)
+    sequential_s, _ = run_engine(lines, parallel=1)
     one = requests(1, 16)
     engine_one = statistics.median(run_engine(one)[0] for _ in range(args.latency_runs))
 
@@ -152,7 +168,7 @@ def main() -> None:
         proc, url = start_server(Path(tmp))
         try:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="bench")
-            server_s, batch = run_batch(client, lines, poll=0.5)
+            server_s, batch = run_batch(client, lines, poll=args.poll)
             latencies = [run_batch(client, one, poll=0.02)[0] for _ in range(args.latency_runs)]
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -161,18 +177,22 @@ def main() -> None:
     server_tokens = batch["usage"]["output_tokens"]
     engine_rps, server_rps = args.requests / engine_s, args.requests / server_s
     print(
-        f"requests: {args.requests}, max_tokens: {args.max_tokens}, "
+        f"requests: {args.requests}, max_tokens: 48, "
         f"model: {DEFAULT_MODEL_ID} (llama.cpp, {os.cpu_count()} CPU cores)"
     )
+    sequential_rps = args.requests / sequential_s
+    print(f"sequential engine alone: {sequential_s:7.2f} s  {sequential_rps:6.2f} req/s")
     print(
         f"engine alone:  {engine_s:7.2f} s  {engine_rps:6.2f} req/s  "
         f"{engine_tokens / engine_s:7.1f} tok/s"
     )
     print(
         f"through server:{server_s:7.2f} s  {server_rps:6.2f} req/s  "
-        f"{server_tokens / server_s:7.1f} tok/s  (upload → completed, polled every 0.5 s)"
+        f"{server_tokens / server_s:7.1f} tok/s  "
+        f"(upload → completed, polled every {args.poll:g} s)"
     )
     print(f"throughput ratio server/engine: {server_rps / engine_rps:.3f}")
+    print(f"throughput ratio server/sequential engine: {server_rps / sequential_rps:.3f}")
     print(
         f"one-request batch, submit → completed: median {statistics.median(latencies):.3f} s "
         f"(min {min(latencies):.3f}, max {max(latencies):.3f}); "
