@@ -4,7 +4,9 @@ The workload is this product's main use: one shared system prompt (a recruiting 
 ~40 tokens), a short user message per candidate, ``max_tokens`` 48, ``temperature`` 0.
 Prints requests/s of the sequential engine (the baseline, measured in the same run) and of
 the batched engine at each ``parallel``, their ratio, the prompt tokens served from the
-prefix cache, and how many outputs are identical to the sequential engine's.
+prefix cache, and how many outputs are identical to the sequential engine's. Then what the
+shared prompt saves: the default engine on the same requests with the system prompt made
+unique per request (a case number in front, so no prefix is shared).
 
 Run: ``.venv/bin/python benchmarks/bench_llamacpp_batch.py [--requests 200]
 [--parallel 1,2,4,8,16] [--threads N]``
@@ -18,7 +20,7 @@ import time
 from typing import Any
 
 from batch_server.config import default_models
-from batch_server.engines import load_engine
+from batch_server.engines import LLAMACPP_PARALLEL, load_engine
 from batch_server.engines.base import EngineRequest
 
 SYSTEM = (
@@ -46,6 +48,20 @@ def workload(n: int) -> list[dict[str, Any]]:
             ],
         }
         for i in range(n)
+    ]
+
+
+def unshared(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``bodies`` with a different start of the system prompt each: nothing to share."""
+    return [
+        {
+            **b,
+            "messages": [
+                {"role": "system", "content": f"Case {i:04d}. {SYSTEM}"},
+                *b["messages"][1:],
+            ],
+        }
+        for i, b in enumerate(bodies)
     ]
 
 
@@ -104,6 +120,15 @@ def main() -> None:
             f"| {p} | {rps:.2f} | {rps / base_rps:.2f} | {cached}/{prompt} | {same(base, out)} |",
             flush=True,
         )
+    p = LLAMACPP_PARALLEL
+    shared_s, _ = run(bodies, {"n_threads": a.threads})
+    alone_s, out = run(unshared(bodies), {"n_threads": a.threads})
+    cached = sum(b["usage"]["prompt_tokens_details"]["cached_tokens"] for b in out)
+    print(
+        f"default engine (parallel {p}): shared system prompt {len(bodies) / shared_s:.2f} req/s, "
+        f"unique system prompts {len(bodies) / alone_s:.2f} req/s ({cached} prompt tokens "
+        f"cached): sharing gains {alone_s / shared_s:.2f}×"
+    )
 
 
 if __name__ == "__main__":
