@@ -78,14 +78,16 @@ class ToolCalling:
     def instructions(self) -> str:
         """A system message describing the functions and the answer format."""
         listing = json.dumps([f.definition()["function"] for f in self.functions])
-        lines = [
-            f"You can call these functions (JSON): {listing}",
-            "To call functions, answer only with JSON: "
-            '{"tool_calls": [{"name": "<function name>", "arguments": {<its arguments>}}]}',
-        ]
-        if not self.required:
-            lines.append('To answer without calling a function, answer: {"content": "<answer>"}')
-        return "\n".join(lines)
+        call = '{"tool_calls": [{"name": "<function name>", "arguments": {<its arguments>}}]}'
+        if self.required:
+            return f"You can call these functions (JSON): {listing}\nAnswer only with JSON: {call}"
+        # worded so that SmolLM2-135M answers in words when no function fits (tried)
+        return (
+            f"You can call these functions (JSON): {listing}\n"
+            "Answer only with JSON. If the user asks for something one of these functions "
+            f"does, call it: {call}\n"
+            'Otherwise answer in words: {"content": "<your answer>"}'
+        )
 
     def resolve(self, choice: Choice) -> Choice:
         """The generated JSON of ``choice`` as tool calls or an answer. An output cut
