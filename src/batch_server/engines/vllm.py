@@ -14,6 +14,7 @@ This module is imported only inside the engine's child process (see :mod:`.proce
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -113,8 +114,18 @@ class VllmEngine:
             raise EngineFailure(f"vLLM could not load {path}: {type(exc).__name__}: {exc}") from exc
         self.engine = self.llm.llm_engine
         self.pooling = self.llm.model_config.runner_type == "pooling"
+        self.template_tools = self._template_renders_tools()
         if not self.max_in_flight:
             self.max_in_flight = 2 * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+
+    def _template_renders_tools(self) -> bool:
+        """Whether the model's chat template renders ``tools`` (else a system message
+        describes them: see engines/tools.py)."""
+        try:
+            template = getattr(self.llm.get_tokenizer(), "chat_template", None)
+        except Exception:  # a model without a tokenizer of that kind: no template tools
+            return False
+        return isinstance(template, str) and "tools" in template
 
     def close(self) -> None:
         # The process host ends the whole process tree; this releases what it can first.
@@ -193,10 +204,13 @@ class VllmEngine:
         chat = chat_request(req) if req.endpoint == RESPONSES else req
         s = parse_sampling(chat.endpoint, chat.body)
         if chat.endpoint == CHAT:
-            # tools are described in a system message and their schema constrains the
-            # output (structured outputs), as on llama.cpp: see engines/tools.py
-            messages, _ = prepare_chat(chat.body, s, template_tools=False)
-            inputs = [self._render(self.llm._preprocess_chat_one, messages)]
+            # tools go to the chat template (or a system message) and their schema
+            # constrains the output (structured outputs), as on llama.cpp: engines/tools.py
+            messages, tools = prepare_chat(chat.body, s, self.template_tools)
+            render = self.llm._preprocess_chat_one
+            if tools:
+                render = functools.partial(render, tools=tools)
+            inputs = [self._render(render, messages)]
         elif chat.endpoint == COMPLETIONS:
             inputs = [
                 self._render(
