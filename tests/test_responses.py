@@ -12,7 +12,7 @@ import jsonschema_rs
 import openai
 from openai.types.responses import Response
 
-from conftest import read_lines, submit, wait_for
+from conftest import Cluster, read_lines, submit, wait_for
 
 MODEL = "smollm2-135m-instruct"
 PERSON = {
@@ -61,7 +61,8 @@ def message_text(resp: Response) -> str:
     return part.text
 
 
-def test_responses_batch(client: openai.OpenAI) -> None:
+def test_responses_batch(cluster: Cluster) -> None:
+    client = cluster.client
     items = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": [{"type": "input_text", "text": "Name a fruit."}]},
@@ -195,6 +196,13 @@ def test_responses_batch(client: openai.OpenAI) -> None:
     assert done["tool"].status == "completed"
     [tool] = done["tool"].tools
     assert tool.type == "function" and tool.name == "get_weather" and tool.strict is True
+
+    # the batch's page shows the input, the call and the token counts
+    page = cluster.http.get(f"/ui/batches/{batch.id}")
+    assert page.status_code == 200
+    assert "Say hello." in page.text and "get_weather(" in page.text
+    tool_use = done["tool"].usage
+    assert f"{tool_use.input_tokens} + {tool_use.output_tokens} tokens, completed" in page.text
 
     history = done["history"]
     assert history.usage.input_tokens > done["tool"].usage.input_tokens
