@@ -137,7 +137,12 @@ def test_list_objects_name_their_ends() -> None:
 
 
 def test_constants_other_modules_import() -> None:
-    assert SUPPORTED_ENDPOINTS == ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    assert SUPPORTED_ENDPOINTS == (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+    )
     assert "batch" in FILE_PURPOSES and "batch_output" in FILE_PURPOSES
 
 

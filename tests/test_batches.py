@@ -211,7 +211,7 @@ def test_multipart_convenience(cluster: Cluster) -> None:
             "file_id",
         ),
         (
-            {"input_file_id": "X", "endpoint": "/v1/responses", "completion_window": "24h"},
+            {"input_file_id": "X", "endpoint": "/v1/moderations", "completion_window": "24h"},
             400,
             "endpoint",
         ),

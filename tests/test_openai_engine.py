@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from openai.types.responses import Response
 
 from batch_server.config import DEFAULT_MODEL_ID, default_models
 from conftest import ROOT, Cluster, Upstream, chat_line, read_lines, submit, wait_for
@@ -56,6 +57,38 @@ def test_batch_through_llama_cpp_server(tmp_path: Path, llama_server: Upstream) 
         assert err["custom_id"] == "too-long"
         assert err["response"]["status_code"] == 400  # the upstream's own answer, kept
         assert "context" in err["response"]["body"]["error"]["message"].lower()
+    finally:
+        c.close()
+
+
+def test_responses_through_llama_cpp_server(tmp_path: Path, llama_server: Upstream) -> None:
+    """A /v1/responses batch on an upstream without a Responses API: sent as chat
+    completions, answered as response objects; a built-in tool fails its line alone."""
+    c = Cluster(tmp_path, config=registry(llama_server.url, model="smol"))
+    try:
+
+        def line(custom_id: str, **body: object) -> dict[str, object]:
+            body = {"model": "upstream", "max_output_tokens": 8, "temperature": 0, **body}
+            return {"custom_id": custom_id, "method": "POST", "url": "/v1/responses", "body": body}
+
+        lines = [
+            line("plain", input="Say hello.", instructions="Be brief.", metadata={"a": "b"}),
+            line("web", input="News?", tools=[{"type": "web_search"}]),
+        ]
+        created = submit(c.client, lines, endpoint="/v1/responses")
+        batch = wait_for(c.client, created.id, timeout=120)
+        assert batch.status == "completed", batch
+        [out] = read_lines(c.client, batch.output_file_id)
+        resp = Response.model_validate(out["response"]["body"])
+        assert resp.object == "response" and resp.id.startswith("resp_")
+        assert resp.instructions == "Be brief." and resp.metadata == {"a": "b"}
+        assert resp.output[0].type == "message"
+        assert resp.output[0].content[0].text
+        assert resp.usage is not None and 0 < resp.usage.output_tokens <= 8
+        assert batch.usage.output_tokens == resp.usage.output_tokens
+        [err] = read_lines(c.client, batch.error_file_id)
+        assert err["custom_id"] == "web"
+        assert err["response"]["body"]["error"]["code"] == "unsupported_value"
     finally:
         c.close()
 

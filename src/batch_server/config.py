@@ -26,7 +26,7 @@ EngineName = Literal["llamacpp", "vllm", "openai"]
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 VLLM_MODEL_ID = "smollm2-135m-instruct-vllm"
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
-TEXT_ENDPOINTS = ["/v1/chat/completions", "/v1/completions"]
+TEXT_ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/responses"]
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # A list setting read from the environment as JSON or as comma-separated values.

@@ -29,23 +29,23 @@ from batch_server.engines.base import (
 from batch_server.engines.protocol import (
     CHAT,
     COMPLETIONS,
+    RESPONSES,
     Choice,
     Sampling,
     TokenLogprob,
-    chat_completion,
-    chat_messages,
     check_token_ids,
     completion_prompts,
     json_schema,
     logprobs_object,
     parse_sampling,
-    text_completion,
     usage,
 )
+from batch_server.engines.responses import chat_request, result_body
+from batch_server.engines.tools import prepare_chat
 
 if TYPE_CHECKING:
     from llama_cpp.llama_grammar import LlamaGrammar
-    from llama_cpp.llama_types import ChatCompletionRequestMessage
+    from llama_cpp.llama_types import ChatCompletionRequestMessage, ChatCompletionTool
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class LlamaCppEngine:
         except Exception as exc:
             raise EngineFailure(f"llama.cpp could not load {path}: {exc}") from exc
         template = self.llm.metadata.get("tokenizer.chat_template")
+        # a template that renders tool definitions gets them; else a system message does
+        self.template_tools = bool(template and "tools" in template)
         self.formatter = None
         if template:
             model = self.llm._model
@@ -119,11 +121,15 @@ class LlamaCppEngine:
                 completion_tokens += c_tok
                 if i == 0:
                     prompt_tokens += p_tok
-        return self._body(req.endpoint, choices, usage(prompt_tokens, completion_tokens))
+        return self._body(req, sampling, choices, usage(prompt_tokens, completion_tokens))
 
     def _prepare(self, req: EngineRequest) -> tuple[Sampling, list[str | list[int]]]:
         """The request's sampling parameters and its prompts (a chat request's messages
-        through the model's chat template, whose stop strings join the request's)."""
+        through the model's chat template, whose stop strings join the request's; a
+        Responses request as its chat request; tools as :mod:`.tools` renders them, their
+        schema as the grammar)."""
+        if req.endpoint == RESPONSES:
+            req = chat_request(req)
         sampling = parse_sampling(req.endpoint, req.body)
         check_token_ids(list(sampling.logit_bias), self.llm.n_vocab(), "logit_bias")
         if req.endpoint == CHAT:
@@ -132,11 +138,14 @@ class LlamaCppEngine:
                     f"Model '{self.model_id}' has no chat template; use /v1/completions",
                     code="unsupported_endpoint",
                 )
-            # chat_messages checked the roles and flattened the content to text; the
-            # template reads just role and content, which llama.cpp's per-role TypedDicts
-            # (tool messages with a tool_call_id, ...) describe more narrowly.
-            messages = cast("list[ChatCompletionRequestMessage]", chat_messages(req.body))
-            formatted = self.formatter(messages=messages)
+            # prepare_chat checked the roles and flattened the content to text; the
+            # template reads role, content and tool calls, which llama.cpp's per-role
+            # TypedDicts describe more narrowly.
+            messages, tools = prepare_chat(req.body, sampling, self.template_tools)
+            formatted = self.formatter(
+                messages=cast("list[ChatCompletionRequestMessage]", messages),
+                tools=cast("list[ChatCompletionTool] | None", tools),
+            )
             sampling.stop = sampling.stop + [s for s in (formatted.stop or []) if s]
             return sampling, [formatted.prompt]
         if req.endpoint == COMPLETIONS:
@@ -149,10 +158,10 @@ class LlamaCppEngine:
             f"Endpoint {req.endpoint} is not served by llama.cpp", code="unsupported_endpoint"
         )
 
-    def _body(self, endpoint: str, choices: list[Choice], use: dict[str, Any]) -> dict[str, Any]:
-        if endpoint == CHAT:
-            return chat_completion(self.model_id, choices, use)
-        return text_completion(self.model_id, choices, use)
+    def _body(
+        self, req: EngineRequest, s: Sampling, choices: list[Choice], use: dict[str, Any]
+    ) -> dict[str, Any]:
+        return result_body(self.model_id, req, s.tools, choices, use)
 
     def _generate(
         self,

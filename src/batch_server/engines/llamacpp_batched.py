@@ -280,7 +280,7 @@ class BatchedLlamaCppEngine(LlamaCppEngine):
         if p.done:
             choices = [c for c in p.choices if c is not None]
             use = usage(p.prompt_tokens, p.completion_tokens, p.cached_tokens)
-            yield EngineResult(p.request.index, 200, self._body(p.request.endpoint, choices, use))
+            yield EngineResult(p.request.index, 200, self._body(p.request, s, choices, use))
 
     def _release(self, slot: Slot) -> None:
         """Free the slot; its cache stays, for the next prompt that shares a prefix."""

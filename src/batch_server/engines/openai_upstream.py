@@ -13,6 +13,10 @@ Model entry (``engine_args``): ``base_url`` (required, the upstream's ``/v1`` UR
 ``timeout`` (seconds per attempt, 600), ``max_retries`` (5), ``backoff_seconds`` (0.5,
 doubled per retry, at most 30) and ``api_key_env`` (name of an environment variable holding
 the upstream's API key).
+
+Chat requests (``tools`` and ``tool_choice`` included) go to the upstream as they are. A
+``/v1/responses`` request goes as its chat request (:mod:`.responses`: many upstreams have no
+Responses API) and its chat completion comes back as a ``response`` object.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from batch_server.engines.base import (
     EngineFailure,
     EngineRequest,
     EngineResult,
+    RequestRejected,
     StopCheck,
     request_failed,
 )
+from batch_server.engines.protocol import RESPONSES
+from batch_server.engines.responses import chat_request, response_object
 from batch_server.errors import error_body
 
 MAX_BACKOFF = 30.0
@@ -103,8 +110,15 @@ class OpenAIUpstreamEngine:
             return request_failed(req.index, exc)
 
     def _forward(self, req: EngineRequest, should_stop: StopCheck) -> EngineResult | None:
-        body = {**req.body, "model": self.upstream_model}
-        path = req.endpoint.removeprefix("/v1")
+        sent = chat_request(req) if req.endpoint == RESPONSES else req
+        if req.endpoint == RESPONSES and "max_tool_calls" in sent.body:
+            raise RequestRejected(
+                "'max_tool_calls' above 1 has no chat completions equivalent for the upstream",
+                param="max_tool_calls",
+                code="unsupported_parameter",
+            )
+        body = {**sent.body, "model": self.upstream_model}
+        path = sent.endpoint.removeprefix("/v1")
         attempt = 0
         while True:
             retry_after: float | None = None
@@ -161,6 +175,19 @@ class OpenAIUpstreamEngine:
                     code="upstream_invalid_response",
                 ),
             )
+        if req.endpoint == RESPONSES:
+            try:
+                payload = response_object(req.body, payload)
+            except (KeyError, IndexError, TypeError, AttributeError) as exc:
+                return EngineResult(
+                    req.index,
+                    502,
+                    error_body(
+                        f"The upstream's chat completion could not be read: {exc!r}",
+                        "server_error",
+                        code="upstream_invalid_response",
+                    ),
+                )
         return EngineResult(req.index, 200, payload)
 
 

@@ -7,14 +7,18 @@ import base64
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_server import ids
 from batch_server.engines.base import RequestRejected
 
+if TYPE_CHECKING:
+    from batch_server.engines.tools import ToolCalling
+
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
 
 # Fields accepted but without effect on generation (so they are not rejected).
 _IGNORED = {
@@ -65,6 +69,7 @@ class Sampling:
     response_format: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # top_k, min_p, repetition_penalty
     logit_bias: dict[int, float] = field(default_factory=dict)
+    tools: ToolCalling | None = None  # set by tools.prepare_chat
 
 
 def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -106,8 +111,9 @@ def parse_sampling(endpoint: str, body: dict[str, Any]) -> Sampling:
             "dimensions",
             "tools",
             "tool_choice",
-            "functions",
+            "functions",  # refused with a clear message by tools.parse_tools
             "function_call",
+            "max_tool_calls",  # from a /v1/responses request (see engines.responses)
         }
     )
     if unknown:
@@ -277,7 +283,51 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
                 code="invalid_value",
             )
         role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": content})
+        message: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = _tool_calls(m["tool_calls"], i)
+        if role == "tool":
+            call = m.get("tool_call_id")
+            if not isinstance(call, str):
+                raise RequestRejected(
+                    f"messages[{i}]: a 'tool' message needs its 'tool_call_id'",
+                    param=f"messages[{i}].tool_call_id",
+                    code="missing_required_parameter",
+                )
+            message["tool_call_id"] = call
+        out.append(message)
+    return out
+
+
+def _tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
+    """The ``tool_calls`` of an assistant message in the history, checked."""
+    param = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise RequestRejected(f"'{param}' must be a list", param=param, code="invalid_value")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(call, dict)
+            or call.get("type", "function") != "function"
+            or not isinstance(call.get("id"), str)
+            or not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str)
+            or not isinstance(fn.get("arguments"), str)
+        ):
+            raise RequestRejected(
+                f"{param}[{j}] must be {{'id', 'type': 'function', 'function': "
+                "{'name', 'arguments' (a JSON string)}}",
+                param=f"{param}[{j}]",
+                code="invalid_value",
+            )
+        out.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": fn["arguments"]},
+            }
+        )
     return out
 
 
@@ -306,6 +356,16 @@ class Choice:
     text: str
     finish_reason: str
     logprobs: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's, with "call_…" ids
+
+
+def _message(c: Choice) -> dict[str, Any]:
+    """A choice's ``message``: with ``tool_calls`` (and null content) when it called any."""
+    message: dict[str, Any] = {"role": "assistant", "content": c.text, "refusal": None}
+    if c.tool_calls:
+        message["content"] = c.text or None
+        message["tool_calls"] = c.tool_calls
+    return message
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
@@ -327,7 +387,7 @@ def chat_completion(model: str, choices: list[Choice], use: dict[str, Any]) -> d
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": c.text, "refusal": None},
+                "message": _message(c),
                 "logprobs": c.logprobs,
                 "finish_reason": c.finish_reason,
             }

@@ -14,6 +14,7 @@ This module is imported only inside the engine's child process (see :mod:`.proce
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -35,19 +36,19 @@ from batch_server.engines.protocol import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    RESPONSES,
     Choice,
     TokenLogprob,
-    chat_completion,
-    chat_messages,
     completion_prompts,
     embedding_list,
     json_schema,
     logprobs_object,
     parse_embedding,
     parse_sampling,
-    text_completion,
     usage,
 )
+from batch_server.engines.responses import chat_request, result_body
+from batch_server.engines.tools import ToolCalling, prepare_chat
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class _Pending:
     params: Any  # SamplingParams or PoolingParams
     top_logprobs: int = 0
     encoding_format: str = "float"
+    tools: ToolCalling | None = None
 
     # filled in as the engine finishes each prompt
     outputs: dict[int, Any] = field(default_factory=dict)
@@ -112,8 +114,18 @@ class VllmEngine:
             raise EngineFailure(f"vLLM could not load {path}: {type(exc).__name__}: {exc}") from exc
         self.engine = self.llm.llm_engine
         self.pooling = self.llm.model_config.runner_type == "pooling"
+        self.template_tools = self._template_renders_tools()
         if not self.max_in_flight:
             self.max_in_flight = 2 * self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+
+    def _template_renders_tools(self) -> bool:
+        """Whether the model's chat template renders ``tools`` (else a system message
+        describes them: see engines/tools.py)."""
+        try:
+            template = getattr(self.llm.get_tokenizer(), "chat_template", None)
+        except Exception:  # a model without a tokenizer of that kind: no template tools
+            return False
+        return isinstance(template, str) and "tools" in template
 
     def close(self) -> None:
         # The process host ends the whole process tree; this releases what it can first.
@@ -189,23 +201,30 @@ class VllmEngine:
                 f"Model '{self.model_id}' is an embedding model; use /v1/embeddings",
                 code="unsupported_endpoint",
             )
-        s = parse_sampling(req.endpoint, req.body)
-        if req.endpoint == CHAT:
-            inputs = [self._render(self.llm._preprocess_chat_one, chat_messages(req.body))]
-        elif req.endpoint == COMPLETIONS:
+        chat = chat_request(req) if req.endpoint == RESPONSES else req
+        s = parse_sampling(chat.endpoint, chat.body)
+        if chat.endpoint == CHAT:
+            # tools go to the chat template (or a system message) and their schema
+            # constrains the output (structured outputs), as on llama.cpp: engines/tools.py
+            messages, tools = prepare_chat(chat.body, s, self.template_tools)
+            render = self.llm._preprocess_chat_one
+            if tools:
+                render = functools.partial(render, tools=tools)
+            inputs = [self._render(render, messages)]
+        elif chat.endpoint == COMPLETIONS:
             inputs = [
                 self._render(
                     self.llm._preprocess_cmpl_one,
                     {"prompt_token_ids": p} if isinstance(p, list) else p,
                 )
-                for p in completion_prompts(req.body)
+                for p in completion_prompts(chat.body)
             ]
         else:
             raise RequestRejected(
                 f"Endpoint {req.endpoint} is not served by vLLM", code="unsupported_endpoint"
             )
         params = self._sampling_params(s)
-        return _Pending(req, inputs, params, s.top_logprobs)
+        return _Pending(req, inputs, params, s.top_logprobs, tools=s.tools)
 
     def _prepare_embedding(self, req: EngineRequest) -> _Pending:
         from vllm import PoolingParams
@@ -301,8 +320,8 @@ class VllmEngine:
                 finish = c.finish_reason if c.finish_reason in ("stop", "length") else "stop"
                 choices.append(Choice(c.text, finish, logprobs))
         use = usage(prompt_tokens, completion_tokens, cached)
-        build = chat_completion if endpoint == CHAT else text_completion
-        return EngineResult(pending.req.index, 200, build(self.model_id, choices, use))
+        body = result_body(self.model_id, pending.req, pending.tools, choices, use)
+        return EngineResult(pending.req.index, 200, body)
 
     @staticmethod
     def _token_logprobs(completion: Any, top: int) -> list[TokenLogprob]:

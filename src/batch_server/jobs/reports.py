@@ -181,7 +181,11 @@ def _peek(store: FileStore, file_id: str) -> tuple[int | None, str | None, int |
                         body = json.loads(line.raw).get("body", {})
                         model = body.get("model")
                         model = model if isinstance(model, str) else None
-                        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+                        limit = (
+                            body.get("max_completion_tokens")
+                            or body.get("max_tokens")
+                            or body.get("max_output_tokens")
+                        )
                         max_tokens = min(int(limit), MAX_TOKENS_SEEN) if limit else None
                 count += 1
     except FileNotFoundError:

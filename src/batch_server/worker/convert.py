@@ -34,6 +34,12 @@ def to_result(result: EngineResult, custom_id: str) -> Result:
         custom_id, result.status_code, result.body, ids.batch_request_id(), ids.request_id()
     )
     use: dict[str, Any] = (result.body.get("usage") or {}) if result.ok else {}
+    if "input_tokens" in use:  # a /v1/responses response: the same counts, other names
+        use = {
+            "prompt_tokens": use["input_tokens"],
+            "completion_tokens": use.get("output_tokens"),
+            "prompt_tokens_details": use.get("input_tokens_details"),
+        }
     details = use.get("prompt_tokens_details") or {}
     error = result.body.get("error") if not result.ok else None
     code = error.get("code") if isinstance(error, dict) else None
