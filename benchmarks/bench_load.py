@@ -80,6 +80,8 @@ def _duration(text: str) -> float:
 def parse_wrk(output: str) -> Load:
     """requests/s, p50, p99 and errors from ``wrk --latency`` output."""
     percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", output, re.M))
+    if "99" not in percentiles:
+        raise RuntimeError(f"no latency distribution in wrk's output:\n{output}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     sockets = re.search(r"Socket errors: (.*)", output)
     return Load(
