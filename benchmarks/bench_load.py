@@ -79,7 +79,7 @@ def _duration(text: str) -> float:
 
 def parse_wrk(output: str) -> Load:
     """requests/s, p50, p99 and errors from ``wrk --latency`` output."""
-    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", output, re.M))
+    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", output, re.M))
     if "99" not in percentiles:
         raise RuntimeError(f"no latency distribution in wrk's output:\n{output}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -193,7 +193,11 @@ def measure(keys_on: bool, connections: int, seconds: float) -> Figures:
         finally:
             for proc in procs:
                 os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
     return figures
 
 
