@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 PIP_INSTALL := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet
 
-.PHONY: install install-test install-vllm tcmalloc browser serve test lint bench bench-load postgres
+.PHONY: install install-test install-vllm tcmalloc browser wrk serve test lint bench bench-load postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -78,5 +78,10 @@ bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_fuzz.py
 
-bench-load: install-test
-	$(PY) benchmarks/bench_load.py
+# wrk drives bench-load's HTTP load from a second process (Debian's package).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
+
+bench-load: install-test wrk
+	$(PY) benchmarks/bench_load.py $(ARGS)

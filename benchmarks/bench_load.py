@@ -1,11 +1,20 @@
-"""Load on the API: many concurrent clients polling batch status and listing batches.
+"""Status reads that hold a crowd: ``wrk`` against the endpoints dashboards and SDKs poll.
 
-Runs a real server (API + in-process worker, API keys on) and measures, for the same
-client load, the status endpoint (``GET /v1/batches/{id}``) and the list endpoint
-(``GET /v1/batches``) twice: with the server idle (the baseline) and while a batch runs on
-the engine. Prints requests/s and latency percentiles and the running/idle ratio.
+For API keys off and on, starts an API-only server (``serve --no-worker``) and a standalone
+``worker`` on one data directory, then measures with ``wrk`` (32 connections, one wrk
+thread) the requests/s and p50/p99 latency of
 
-Run: ``.venv/bin/python benchmarks/bench_load.py [--clients 32] [--seconds 10]``
+- idle: an unknown route and ``/health`` (the baselines: HTTP and middleware alone, and a
+  small endpoint), then ``GET /v1/batches/{id}``, ``/v1/queue`` and ``/v1/models``;
+- while a batch runs on the worker: ``GET /v1/batches/{id}`` of that batch and
+  ``/v1/queue``, each with the engine's requests/s and output tokens/s during the load
+  next to the same over an equal quiet window just before.
+
+Ratios against the baselines of the same run are printed, so machines compare. The
+clients, the API and the engine share the host's cores: on 2 cores wrk takes part of one.
+
+Run: ``.venv/bin/python benchmarks/bench_load.py [--connections 32] [--seconds 10]``
+(``make bench-load`` installs Debian's ``wrk`` first).
 """
 
 from __future__ import annotations
@@ -13,76 +22,87 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from bench_core import requests, start_processes
 
-
-def start(data_dir: Path, separate_worker: bool) -> tuple[list[subprocess.Popen], str]:
-    """A server (with its in-process worker, or API-only plus a standalone worker)."""
-    commands = [["serve", "--no-worker"], ["worker"]] if separate_worker else [["serve"]]
-    return start_processes(data_dir, commands)
+UNKNOWN = "/v1/no-such-route"
+STATUS = "/v1/batches/{id}"
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+@dataclass(frozen=True)
+class Load:
+    """One wrk run."""
+
+    rps: float
+    p50: float  # seconds
+    p99: float
+    non_2xx: int
+    socket_errors: int
+
+    def __str__(self) -> str:
+        errors = f"  non-2xx {self.non_2xx}" if self.non_2xx else ""
+        errors += f"  socket errors {self.socket_errors}" if self.socket_errors else ""
+        return (
+            f"{self.rps:8.1f} req/s  p50 {self.p50 * 1000:7.2f} ms  "
+            f"p99 {self.p99 * 1000:7.2f} ms{errors}"
+        )
 
 
-def hammer(url: str, token: str, batch_ids: list[str], clients: int, seconds: float) -> dict:
-    """``clients`` threads, each polling status three times per listing, for ``seconds``."""
-    status: list[float] = []
-    listing: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
+@dataclass(frozen=True)
+class EngineRate:
+    """The running batch's progress over a window."""
 
-    def client(n: int) -> None:
-        mine_s, mine_l = [], []
-        headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
-            i = 0
-            while time.perf_counter() < stop_at:
-                i += 1
-                started = time.perf_counter()
-                if i % 4 == 0:
-                    r = http.get("/v1/batches", params={"limit": 20})
-                    mine_l.append(time.perf_counter() - started)
-                else:
-                    r = http.get(f"/v1/batches/{batch_ids[(n + i) % len(batch_ids)]}")
-                    mine_s.append(time.perf_counter() - started)
-                if r.status_code != 200:
-                    with lock:
-                        errors[0] += 1
-        with lock:
-            status.extend(mine_s)
-            listing.extend(mine_l)
+    requests_per_second: float
+    tokens_per_second: float
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    return {
-        "elapsed": elapsed,
-        "status_rps": len(status) / elapsed,
-        "status_p50": statistics.median(status),
-        "status_p99": percentile(status, 0.99),
-        "list_rps": len(listing) / elapsed,
-        "list_p99": percentile(listing, 0.99),
-        "total_rps": (len(status) + len(listing)) / elapsed,
-        "errors": errors[0],
-    }
+    def __str__(self) -> str:
+        return f"{self.requests_per_second:5.2f} req/s, {self.tokens_per_second:6.1f} tokens/s"
+
+
+def _duration(text: str) -> float:
+    """Seconds in one of wrk's durations (``635.91us``, ``1.20ms``, ``2.00s``)."""
+    number, unit = re.fullmatch(r"([\d.]+)([a-z]+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * UNITS[unit]
+
+
+def parse_wrk(output: str) -> Load:
+    """requests/s, p50, p99 and errors from ``wrk --latency`` output."""
+    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", output, re.M))
+    if "99" not in percentiles:
+        raise RuntimeError(f"no latency distribution in wrk's output:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    sockets = re.search(r"Socket errors: (.*)", output)
+    return Load(
+        rps=float(re.findall(r"Requests/sec:\s+([\d.]+)", output)[0]),
+        p50=_duration(percentiles["50"]),
+        p99=_duration(percentiles["99"]),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(map(int, re.findall(r"\d+", sockets.group(1)))) if sockets else 0,
+    )
+
+
+def wrk(url: str, token: str | None, connections: int, seconds: float) -> Load:
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []
+    run = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s", "--latency"]
+        + [*auth, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return parse_wrk(run.stdout)
 
 
 def submit(http: httpx.Client, n: int, max_tokens: int) -> str:
@@ -98,74 +118,125 @@ def submit(http: httpx.Client, n: int, max_tokens: int) -> str:
     return http.post("/v1/batches", json=body).json()["id"]
 
 
-def report(label: str, r: dict) -> None:
+def wait_for(http: httpx.Client, batch_id: str, done: Callable[[dict], bool]) -> dict:
+    while not done(batch := http.get(f"/v1/batches/{batch_id}").json()):
+        time.sleep(0.2)
+    return batch
+
+
+def progress(http: httpx.Client, batch_id: str) -> tuple[float, int, int]:
+    batch = http.get(f"/v1/batches/{batch_id}").json()
+    counts = batch["request_counts"]
+    return (
+        time.perf_counter(),
+        counts["completed"] + counts["failed"],
+        batch["usage"]["output_tokens"],
+    )
+
+
+def engine_rate(start: tuple[float, int, int], end: tuple[float, int, int]) -> EngineRate:
+    seconds = end[0] - start[0]
+    return EngineRate((end[1] - start[1]) / seconds, (end[2] - start[2]) / seconds)
+
+
+@dataclass
+class Figures:
+    """Every figure for one server: wrk runs idle and while a batch runs, and the engine's
+    rate over a quiet window and then under each load."""
+
+    idle: dict[str, Load] = field(default_factory=dict)
+    running: dict[str, Load] = field(default_factory=dict)
+    quiet: dict[str, EngineRate] = field(default_factory=dict)
+    loaded: dict[str, EngineRate] = field(default_factory=dict)
+
+
+def measure(keys_on: bool, connections: int, seconds: float) -> Figures:
+    figures = Figures()
+    with tempfile.TemporaryDirectory() as tmp:
+        token = None
+        if keys_on:
+            token = subprocess.run(
+                [sys.executable, "-m", "batch_server", "keys", "create", "bench"],
+                env=dict(os.environ, BATCH_SERVER_DATA_DIR=tmp),
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        procs, url = start_processes(Path(tmp), [["serve", "--no-worker"], ["worker"]])
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+                finished = submit(http, 1, 4)
+                wait_for(http, finished, lambda b: b["status"] == "completed")
+                idle = {
+                    "unknown route": UNKNOWN,
+                    "/health": "/health",
+                    STATUS: f"/v1/batches/{finished}",
+                    "/v1/queue": "/v1/queue",
+                    "/v1/models": "/v1/models",
+                }
+                for label, path in idle.items():
+                    figures.idle[label] = wrk(url + path, token, connections, seconds)
+                running = submit(http, 400, 48)
+                wait_for(http, running, lambda b: b["request_counts"]["completed"] > 0)
+                for label, path in {
+                    STATUS: f"/v1/batches/{running}",
+                    "/v1/queue": "/v1/queue",
+                }.items():
+                    quiet = progress(http, running)
+                    time.sleep(seconds)
+                    loaded = progress(http, running)
+                    figures.running[label] = wrk(url + path, token, connections, seconds)
+                    figures.quiet[label] = engine_rate(quiet, loaded)
+                    figures.loaded[label] = engine_rate(loaded, progress(http, running))
+                http.post(f"/v1/batches/{running}/cancel")
+        finally:
+            for proc in procs:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    return figures
+
+
+def report(keys_on: bool, f: Figures) -> None:
+    print(f"\nAPI keys {'on' if keys_on else 'off'}")
+    for label, load in f.idle.items():
+        print(f"  idle     {label:<22} {load}")
+    for label, load in f.running.items():
+        print(f"  running  {label:<22} {load}")
+        print(f"           engine quiet {f.quiet[label]}  under this load {f.loaded[label]}")
+    status, busy = f.idle[STATUS], f.running[STATUS]
+    quiet, loaded = f.quiet[STATUS], f.loaded[STATUS]
+    engine = (
+        f"{loaded.tokens_per_second / quiet.tokens_per_second:.2f}"
+        if quiet.tokens_per_second
+        else "n/a"
+    )
     print(
-        f"{label:<22} status: {r['status_rps']:7.1f} req/s  p50 {r['status_p50'] * 1000:6.1f} ms"
-        f"  p99 {r['status_p99'] * 1000:6.1f} ms | list: {r['list_rps']:6.1f} req/s"
-        f"  p99 {r['list_p99'] * 1000:6.1f} ms | errors {r['errors']}"
+        f"  ratios: status / unknown route {status.rps / f.idle['unknown route'].rps:.2f}, "
+        f"status / health {status.rps / f.idle['/health'].rps:.2f}, "
+        f"status running / idle {busy.rps / status.rps:.2f}, "
+        f"engine tokens/s under status load / quiet {engine}"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--batches", type=int, default=50, help="finished batches to list")
-    parser.add_argument(
-        "--separate-worker",
-        action="store_true",
-        help="API-only server plus a standalone worker process (default: in-process worker)",
-    )
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per wrk run")
+    parser.add_argument("--keys", choices=["off", "on", "both"], default="both")
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, BATCH_SERVER_DATA_DIR=str(Path(tmp)))
-        token = subprocess.run(
-            [sys.executable, "-m", "batch_server", "keys", "create", "bench"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        procs, url = start(Path(tmp), args.separate_worker)
-        try:
-            headers = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-                done = [submit(http, 1, 4) for _ in range(args.batches)]
-                while any(
-                    http.get(f"/v1/batches/{b}").json()["status"] != "completed" for b in done[-3:]
-                ):
-                    time.sleep(0.5)
-                idle = hammer(url, token, done, args.clients, args.seconds)
-                running_id = submit(http, 400, 48)
-                while http.get(f"/v1/batches/{running_id}").json()["status"] != "in_progress":
-                    time.sleep(0.1)
-                before = http.get(f"/v1/batches/{running_id}").json()["request_counts"]
-                busy = hammer(url, token, [running_id, *done], args.clients, args.seconds)
-                after = http.get(f"/v1/batches/{running_id}").json()
-                http.post(f"/v1/batches/{running_id}/cancel")
-        finally:
-            for proc in procs:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
-
-    progressed = after["request_counts"]["completed"] - before["completed"]
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: 'make bench-load' installs it (Debian's package wrk)")
     print(
-        f"{args.clients} concurrent clients, {args.seconds:.0f} s per phase, "
-        f"{args.batches + 1} batches, API keys on, "
-        f"{'standalone' if args.separate_worker else 'in-process'} worker, "
-        f"{os.cpu_count()} CPU cores (clients, API and engine share them)"
+        f"wrk: {args.connections} connections, 1 thread, {args.seconds:.0f} s per run; "
+        f"serve --no-worker + worker; {os.cpu_count()} CPU cores shared by wrk, API and engine"
     )
-    report("idle server (baseline)", idle)
-    report("while a batch runs", busy)
-    print(
-        f"batch progress during the load phase: {progressed} requests "
-        f"({progressed / busy['elapsed']:.2f} req/s on the engine)"
-    )
-    print(
-        f"ratio running/idle: status req/s {busy['status_rps'] / idle['status_rps']:.2f}, "
-        f"status p99 {busy['status_p99'] / idle['status_p99']:.2f}"
-    )
+    for keys_on in {"off": [False], "on": [True], "both": [False, True]}[args.keys]:
+        report(keys_on, measure(keys_on, args.connections, args.seconds))
 
 
 if __name__ == "__main__":

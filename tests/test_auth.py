@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+from batch_server import keys
+from batch_server.db.session import Database
 from conftest import Cluster, Proc, chat_line, free_port, jsonl, submit, upload, wait_for
 
 
@@ -150,8 +153,29 @@ def test_revoked_key_is_refused(tenants: Tenants) -> None:
         if k["name"] == "carol"
     )
     assert key_id in tenants.cluster.cli("keys", "revoke", key_id)
+    time.sleep(keys.CACHE_SECONDS)  # how long an API process trusts what it read of a key
     r = httpx.get(f"{tenants.cluster.url}/v1/files", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401
+
+
+def test_key_cache_trusts_an_answer_for_its_ttl_only(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'keys.db'}")
+    db.migrate()
+    now = [0.0]
+    cache = keys.KeyCache(db, ttl=1.0, clock=lambda: now[0])
+    assert not cache.any_active()
+    row, token = keys.create_key(db, "alice")
+    now[0] = 0.999
+    assert not cache.any_active()  # read at 0.0
+    now[0] = 1.0
+    assert cache.any_active()
+    assert cache.lookup("bsk-wrong") is None
+    assert cache.lookup(token) == keys.ActiveKey(row.id, False, "alice")
+    assert keys.revoke_key(db, row.id)
+    now[0] = 1.999
+    assert cache.lookup(token) is not None  # read at 1.0
+    now[0] = 2.0
+    assert cache.lookup(token) is None
 
 
 def _set_limits(tenants: Tenants, name: str, **limits: int | None) -> None:

@@ -12,6 +12,7 @@ from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.gpu import GpuMonitor
 from batch_server.jobs.manager import JobManager
+from batch_server.keys import KeyCache
 from batch_server.storage import FileStore, make_store
 from batch_server.wakeup import Wakeup
 from batch_server.webhooks import Dispatcher
@@ -28,6 +29,8 @@ class AppContext:
     gpu: GpuMonitor
     # The only writer of batch, unit, step and worker state.
     jobs: JobManager
+    # API keys as the requests' authentication sees them.
+    keys: KeyCache
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -43,6 +46,7 @@ class AppContext:
             wake=wake,
             gpu=GpuMonitor(settings),
             jobs=JobManager.from_settings(db, settings, wake),
+            keys=KeyCache(db),
         )
 
     def start_services(self, worker: bool, in_thread: bool = True) -> Services:

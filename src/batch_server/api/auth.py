@@ -31,7 +31,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Select
 
 from batch_server import keys
-from batch_server.api.deps import Ctx
+from batch_server.api.deps import app_context
 from batch_server.config import Settings
 from batch_server.db.session import Database
 from batch_server.errors import APIError
@@ -139,17 +139,20 @@ def check_not_cross_site(request: Request, require_origin: bool) -> None:
     )
 
 
-def principal(request: Request, ctx: Ctx) -> Principal:
+async def principal(request: Request) -> Principal:
+    """The caller. Async, so that FastAPI runs it on the event loop: its database reads
+    are cached (``ctx.keys``), and a thread hop would cost more than the work."""
+    ctx = app_context(request)
     bearer = _bearer(request)
     token = bearer or request.cookies.get(SESSION_COOKIE) or None
     from_cookie = bearer is None and token is not None
     if token is not None:
-        row = keys.lookup(ctx.db, token)
-        if row is not None:
+        key = ctx.keys.lookup(token)
+        if key is not None:
             if from_cookie:
                 check_not_cross_site(request, require_origin=True)
-            return Principal(key_id=row.id, admin=row.admin, name=row.name)
-    if not keys.any_active(ctx.db):
+            return Principal(key_id=key.id, admin=key.admin, name=key.name)
+    if not ctx.keys.any_active():
         check_host(request, ctx.settings)
         if bearer is None:
             check_not_cross_site(request, require_origin=False)
@@ -162,10 +165,14 @@ def principal(request: Request, ctx: Ctx) -> Principal:
     raise Unauthorized("Incorrect API key provided, or the key was revoked.")
 
 
-def admin_principal(who: Annotated[Principal, Depends(principal)]) -> Principal:
+def require_admin(who: Principal) -> Principal:
     if not who.admin:
         raise Forbidden("This endpoint needs an admin API key.")
     return who
+
+
+async def admin_principal(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    return require_admin(who)
 
 
 Auth = Annotated[Principal, Depends(principal)]

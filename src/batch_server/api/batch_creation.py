@@ -5,9 +5,10 @@ the validator behind)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
+from sqlalchemy import Row
 from starlette.datastructures import FormData, UploadFile
 
 from batch_server import limits
@@ -19,7 +20,7 @@ from batch_server.api.uploads import form_file, form_text
 from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow
 from batch_server.errors import APIError, NotFound
-from batch_server.jobs import admission, lifecycle
+from batch_server.jobs import admission, lifecycle, reports
 from batch_server.jobs.manager import InputGone
 from batch_server.jobs.validation import validate_input
 from batch_server.openai_types import Batch, CreateBatchBody
@@ -47,7 +48,19 @@ def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> Batch:
 def load(ctx: AppContext, batch_id: str, who: Principal) -> BatchRow:
     """The caller's batch; another tenant's batch is "not found"."""
     with ctx.db.read() as s:
-        row = lifecycle.get_batch(s, batch_id)
+        return visible(lifecycle.get_batch(s, batch_id), batch_id, who)
+
+
+def status(ctx: AppContext, batch_id: str, who: Principal) -> Batch:
+    """The caller's batch as an object, read without an ORM session (see reports.batch)."""
+    return Batch.from_row(visible(reports.batch(ctx.db, batch_id), batch_id, who))
+
+
+R = TypeVar("R", BatchRow, Row[Any])
+
+
+def visible(row: R | None, batch_id: str, who: Principal) -> R:
+    """``row``, unless there is none or it is another tenant's: then "not found"."""
     if row is None or not who.owns(row.owner):
         raise NotFound("batch", batch_id, param="batch_id")
     return row

@@ -14,9 +14,15 @@ from batch_server.errors import APIError
 from batch_server.jobs.validation import strict_json
 
 
-def context(request: Request) -> AppContext:
+def app_context(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
+
+
+async def context(request: Request) -> AppContext:
+    """:func:`app_context` as a dependency: async, as FastAPI runs a plain function in a
+    worker thread (a hop that costs more than this)."""
+    return app_context(request)
 
 
 Ctx = Annotated[AppContext, Depends(context)]

@@ -20,7 +20,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 class Database:
     """One engine and two session factories: ``read()`` for plain reads and ``write()``
     for transactions that change rows (on SQLite these take the write lock up front with
-    ``BEGIN IMMEDIATE`` so concurrent writers wait instead of failing)."""
+    ``BEGIN IMMEDIATE`` so concurrent writers wait instead of failing); and ``single()``,
+    a bare connection for one read statement on the hottest paths."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -36,11 +37,22 @@ class Database:
         self._write = sessionmaker(
             self.engine.execution_options(immediate=True), expire_on_commit=False
         )
+        # One statement is atomic on its own: no BEGIN, no ROLLBACK (on SQLite the begin
+        # hook below leaves it out; PostgreSQL's driver runs in autocommit mode).
+        self._single = self.engine.execution_options(
+            **({"no_begin": True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"})
+        )
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         with self._read() as session:
             yield session
+
+    @contextmanager
+    def single(self) -> Iterator[Connection]:
+        """A pooled connection, outside any transaction, for one read statement."""
+        with self._single.connect() as conn:
+            yield conn
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -90,5 +102,6 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if not options.get("no_begin", False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("immediate") else "BEGIN")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
+from sqlalchemy import Row
 
 from batch_server.db.tables import BatchRow
 from batch_server.openai_types.bodies import Endpoint
@@ -79,7 +80,8 @@ class Batch(Identified):
     priority: int = Field(description="An extension: higher runs first")
 
     @classmethod
-    def from_row(cls, row: BatchRow) -> Batch:
+    def from_row(cls, row: BatchRow | Row[Any]) -> Batch:
+        """From the ORM row, or a Core row with its columns (``reports.batch``)."""
         return cls(
             id=row.id,
             endpoint=row.endpoint,

@@ -21,9 +21,9 @@ from batch_server.api.auth import (
     SESSION_COOKIE,
     Principal,
     Unauthorized,
-    admin_principal,
     check_not_cross_site,
     principal,
+    require_admin,
 )
 from batch_server.api.batch_creation import create_from_form, dry_run, load
 from batch_server.api.deps import Ctx, Offset
@@ -44,21 +44,21 @@ class LoginRequired(Exception):
         self.next_url = next_url
 
 
-def page_admin(request: Request, ctx: Ctx) -> Principal:
+async def page_admin(request: Request) -> Principal:
     """The pages see every batch, so they need an admin key once keys exist: a bearer
     token (scripts, a proxy that adds it) or the login's cookie. A browser without one
     is sent to the login page; a script gets OpenAI's 401/403."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     browser = "authorization" not in request.headers
     try:
-        who = principal(request, ctx)
+        who = await principal(request)
     except Unauthorized:
         if browser:
             raise LoginRequired(target) from None
         raise
     if browser and not who.admin:
         raise LoginRequired(target)
-    return admin_principal(who)
+    return require_admin(who)
 
 
 def login_redirect(_request: Request, exc: LoginRequired) -> RedirectResponse:
