@@ -8,7 +8,9 @@ thread) the requests/s and p50/p99 latency of
   small endpoint), then ``GET /v1/batches/{id}``, ``/v1/queue`` and ``/v1/models``;
 - while a batch runs on the worker: ``GET /v1/batches/{id}`` of that batch and
   ``/v1/queue``, each with the engine's requests/s and output tokens/s during the load
-  next to the same over an equal quiet window just before.
+  next to the same over an equal quiet window just before; and the engine's rate while
+  four SDK-like clients each poll the status five times a second (the load a batch
+  server meets in practice) against its quiet rate.
 
 Ratios against the baselines of the same run are printed, so machines compare. The
 clients, the API and the engine share the host's cores: on 2 cores wrk takes part of one.
@@ -28,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from bench_core import requests, start_processes
 
 UNKNOWN = "/v1/no-such-route"
 STATUS = "/v1/batches/{id}"
+POLLERS = "4 clients polling 5/s each"
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -134,6 +138,23 @@ def progress(http: httpx.Client, batch_id: str) -> tuple[float, int, int]:
     )
 
 
+def poll_politely(url: str, headers: dict[str, str], path: str, seconds: float) -> None:
+    """Four clients, each getting ``path`` five times a second, for ``seconds``."""
+
+    def client() -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+            stop_at = time.perf_counter() + seconds
+            while (now := time.perf_counter()) < stop_at:
+                http.get(path).raise_for_status()
+                time.sleep(max(0.0, 0.2 - (time.perf_counter() - now)))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def engine_rate(start: tuple[float, int, int], end: tuple[float, int, int]) -> EngineRate:
     seconds = end[0] - start[0]
     return EngineRate((end[1] - start[1]) / seconds, (end[2] - start[2]) / seconds)
@@ -177,7 +198,7 @@ def measure(keys_on: bool, connections: int, seconds: float) -> Figures:
                 }
                 for label, path in idle.items():
                     figures.idle[label] = wrk(url + path, token, connections, seconds)
-                running = submit(http, 400, 48)
+                running = submit(http, 600, 48)
                 wait_for(http, running, lambda b: b["request_counts"]["completed"] > 0)
                 for label, path in {
                     STATUS: f"/v1/batches/{running}",
@@ -189,6 +210,12 @@ def measure(keys_on: bool, connections: int, seconds: float) -> Figures:
                     figures.running[label] = wrk(url + path, token, connections, seconds)
                     figures.quiet[label] = engine_rate(quiet, loaded)
                     figures.loaded[label] = engine_rate(loaded, progress(http, running))
+                quiet = progress(http, running)
+                time.sleep(seconds * 2)
+                loaded = progress(http, running)
+                poll_politely(url, headers, f"/v1/batches/{running}", seconds * 2)
+                figures.quiet[POLLERS] = engine_rate(quiet, loaded)
+                figures.loaded[POLLERS] = engine_rate(loaded, progress(http, running))
                 http.post(f"/v1/batches/{running}/cancel")
         finally:
             for proc in procs:
@@ -208,19 +235,23 @@ def report(keys_on: bool, f: Figures) -> None:
     for label, load in f.running.items():
         print(f"  running  {label:<22} {load}")
         print(f"           engine quiet {f.quiet[label]}  under this load {f.loaded[label]}")
+    quiet, loaded = f.quiet[POLLERS], f.loaded[POLLERS]
+    print(f"  running  {POLLERS}: engine quiet {quiet}  meanwhile {loaded}")
     status, busy = f.idle[STATUS], f.running[STATUS]
-    quiet, loaded = f.quiet[STATUS], f.loaded[STATUS]
-    engine = (
-        f"{loaded.tokens_per_second / quiet.tokens_per_second:.2f}"
-        if quiet.tokens_per_second
-        else "n/a"
-    )
+    engine = ratio(f.loaded[STATUS], f.quiet[STATUS])
     print(
         f"  ratios: status / unknown route {status.rps / f.idle['unknown route'].rps:.2f}, "
         f"status / health {status.rps / f.idle['/health'].rps:.2f}, "
         f"status running / idle {busy.rps / status.rps:.2f}, "
-        f"engine tokens/s under status load / quiet {engine}"
+        f"engine tokens/s under status load / quiet {engine}, "
+        f"with {POLLERS} / quiet {ratio(f.loaded[POLLERS], f.quiet[POLLERS])}"
     )
+
+
+def ratio(loaded: EngineRate, quiet: EngineRate) -> str:
+    if not quiet.tokens_per_second:
+        return "n/a"
+    return f"{loaded.tokens_per_second / quiet.tokens_per_second:.2f}"
 
 
 def main() -> None:
