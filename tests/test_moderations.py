@@ -28,7 +28,8 @@ def line(custom_id: str, **body: Any) -> dict[str, Any]:
     return {"custom_id": custom_id, "method": "POST", "url": "/v1/moderations", "body": body}
 
 
-def test_moderations_batch(client: openai.OpenAI) -> None:
+def test_moderations_batch(cluster: Cluster) -> None:
+    client = cluster.client
     lines = [
         line("clean", input=CLEAN),
         line("list", input=[INSULT, THREAT, CLEAN]),
@@ -76,6 +77,10 @@ def test_moderations_batch(client: openai.OpenAI) -> None:
     assert threat.category_scores.violence > 0.1 > calm.category_scores.violence
     assert calm_again.model_dump() == calm.model_dump()  # same text, same scores
     assert parts.results[0].model_dump() == insult.model_dump()
+
+    page = cluster.http.get(f"/ui/batches/{batch.id}")  # the dashboard shows such a batch
+    assert page.status_code == 200, page.text
+    assert "not flagged" in page.text and "<code>harassment</code>" in page.text
     for result in (*listed.results, calm):
         scores = result.model_dump(by_alias=True)["category_scores"]
         for category, (_, sources) in CATEGORY_SOURCES.items():

@@ -1,7 +1,8 @@
 """The official ``openai`` Node SDK drives a real server: ``tests/node/batch_roundtrip.mjs``
-uploads, creates, polls and downloads a chat batch, a ``/v1/responses`` batch and an
-embeddings batch (vLLM on CPU), with assertions on every object. The SDK is installed by
-``make test`` (``npm ci --prefix tests/node``); nothing is downloaded at run time."""
+uploads, creates, polls and downloads a chat batch, a ``/v1/responses`` batch, an
+embeddings batch (vLLM on CPU) and a moderations batch, with assertions on every object.
+The SDK is installed by ``make test`` (``npm ci --prefix tests/node``); nothing is
+downloaded at run time."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def run_script(server: Cluster, *flows: str) -> str:
 
 def test_node_sdk_round_trips(server: Cluster) -> None:
     output = run_script(server)
-    assert "node sdk ok: chat, responses, embeddings" in output
+    assert "node sdk ok: chat, responses, embeddings, moderations" in output
 
 
 def test_node_script_fails_on_a_wrong_answer(server: Cluster) -> None:

@@ -7,6 +7,7 @@ import OpenAI, { toFile } from "openai";
 
 const CHAT_MODEL = "smollm2-135m-instruct";
 const EMBED_MODEL = "all-minilm-l6-v2";
+const MODERATION_MODEL = "toxic-comment-classifier";
 const TERMINAL = new Set(["completed", "failed", "expired", "cancelled"]);
 
 const client = new OpenAI({ baseURL: process.argv[2], apiKey: "test", maxRetries: 0 });
@@ -171,7 +172,29 @@ async function embeddings() {
   return "embeddings";
 }
 
-const flows = { chat, responses, embeddings };
+async function moderations() {
+  const lines = [
+    line("mod", "/v1/moderations", {
+      model: MODERATION_MODEL,
+      input: ["Thank you, that was kind.", "You are a stupid worthless idiot."],
+    }),
+  ];
+  const batch = await finish(await start("moderations", "/v1/moderations", lines), 120_000);
+  assert.equal(batch.request_counts.completed, 1);
+  const body = ok((await download(batch.output_file_id)).get("mod"));
+  assert.match(body.id, /^modr-/);
+  assert.equal(body.model, MODERATION_MODEL);
+  const [kind, rude] = body.results;
+  assert.equal(kind.flagged, false);
+  assert.equal(rude.flagged, true);
+  assert.equal(rude.categories.harassment, true);
+  assert.ok(rude.category_scores.harassment > 0.5);
+  assert.deepEqual(rude.category_applied_input_types.harassment, ["text"]);
+  assert.equal(Object.keys(rude.categories).length, 13);
+  return "moderations";
+}
+
+const flows = { chat, responses, embeddings, moderations };
 const chosen = process.argv.slice(3);
 const names = chosen.length ? chosen : Object.keys(flows);
 const done = await Promise.all(names.map((name) => flows[name]()));
