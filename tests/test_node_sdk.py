@@ -1,6 +1,7 @@
 """The official ``openai`` Node SDK drives a real server: ``tests/node/batch_roundtrip.mjs``
 uploads, creates, polls and downloads a chat batch, a ``/v1/responses`` batch, an
-embeddings batch (vLLM on CPU) and a moderations batch, with assertions on every object.
+embeddings batch (vLLM on CPU) and a moderations batch, and cancels a chat batch, with
+assertions on every object.
 The SDK is installed by ``make test`` (``npm ci --prefix tests/node``); nothing is
 downloaded at run time."""
 
@@ -46,7 +47,7 @@ def run_script(server: Cluster, *flows: str) -> str:
 
 def test_node_sdk_round_trips(server: Cluster) -> None:
     output = run_script(server)
-    assert "node sdk ok: chat, responses, embeddings, moderations" in output
+    assert "node sdk ok: chat, responses, embeddings, moderations, cancel" in output
 
 
 def test_node_script_fails_on_a_wrong_answer(server: Cluster) -> None:

@@ -1,5 +1,6 @@
 // Upload -> create -> poll -> download with the official openai Node SDK against a running
-// batch server: a chat batch, a /v1/responses batch and an embeddings batch.
+// batch server: a chat, a /v1/responses, an embeddings and a moderations batch, and a
+// chat batch cancelled at once (its unfinished lines in the error file).
 // Usage: node batch_roundtrip.mjs BASE_URL   (BASE_URL ends in /v1). Exits non-zero on the
 // first failed assertion; tests/test_node_sdk.py runs it.
 import assert from "node:assert/strict";
@@ -44,7 +45,7 @@ async function start(name, endpoint, lines) {
   return batch;
 }
 
-async function finish(batch, timeoutMs) {
+async function settle(batch, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
   let current = batch;
   while (!TERMINAL.has(current.status)) {
@@ -52,6 +53,11 @@ async function finish(batch, timeoutMs) {
     await new Promise((resolve) => setTimeout(resolve, 250));
     current = await client.batches.retrieve(batch.id);
   }
+  return current;
+}
+
+async function finish(batch, timeoutMs) {
+  const current = await settle(batch, timeoutMs);
   assert.equal(current.status, "completed", JSON.stringify(current));
   assert.ok(current.completed_at >= current.created_at);
   return current;
@@ -172,6 +178,32 @@ async function embeddings() {
   return "embeddings";
 }
 
+async function cancel() {
+  const lines = Array.from({ length: 12 }, (_, i) =>
+    line(`long-${i}`, "/v1/chat/completions", {
+      model: CHAT_MODEL,
+      max_tokens: 64,
+      messages: [{ role: "user", content: "Write a long story." }],
+    }),
+  );
+  const created = await start("cancel", "/v1/chat/completions", lines);
+  const cancelling = await client.batches.cancel(created.id);
+  assert.ok(["cancelling", "cancelled"].includes(cancelling.status), cancelling.status);
+  const batch = await settle(created, 120_000);
+  assert.equal(batch.status, "cancelled");
+  assert.ok(batch.cancelled_at >= batch.cancelling_at);
+  const done = batch.request_counts.completed;
+  assert.ok(done < 12, `${done} of 12 ran despite the cancel`);
+  // unfinished requests are batch_cancelled lines in the error file
+  const errors = await download(batch.error_file_id);
+  assert.equal(errors.size + done, 12);
+  for (const row of errors.values()) assert.equal(row.error.code, "batch_cancelled");
+  // the input file can be deleted once the batch is over
+  const deleted = await client.files.delete(created.input_file_id);
+  assert.deepEqual([deleted.id, deleted.deleted], [created.input_file_id, true]);
+  return "cancel";
+}
+
 async function moderations() {
   const lines = [
     line("mod", "/v1/moderations", {
@@ -194,7 +226,7 @@ async function moderations() {
   return "moderations";
 }
 
-const flows = { chat, responses, embeddings, moderations };
+const flows = { chat, responses, embeddings, moderations, cancel };
 const chosen = process.argv.slice(3);
 const names = chosen.length ? chosen : Object.keys(flows);
 const done = await Promise.all(names.map((name) => flows[name]()));
