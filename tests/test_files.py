@@ -120,6 +120,7 @@ def test_models_health_ready(cluster: Cluster) -> None:
         "smollm2-135m-instruct",
         "smollm2-135m-instruct-vllm",
         "all-minilm-l6-v2",
+        "toxic-comment-classifier",
     ]
     assert cluster.client.models.retrieve("smollm2").id == "smollm2-135m-instruct"
     assert cluster.http.get("/health").json()["status"] == "ok"

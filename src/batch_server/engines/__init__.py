@@ -51,4 +51,8 @@ def load_engine(model_id: str, spec: ModelSpec, data_dir: Path | None = None) ->
         from batch_server.engines.vllm import VllmEngine
 
         return VllmEngine(model_id, path, spec.engine_args, data_dir)
+    if spec.engine == "moderation":
+        from batch_server.engines.moderation import ModerationEngine
+
+        return ModerationEngine(model_id, path)
     raise EngineFailure(f"engine {spec.engine!r} is not available in this build")

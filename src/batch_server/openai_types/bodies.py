@@ -7,7 +7,9 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+Endpoint = Literal[
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/moderations"
+]
 SUPPORTED_ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 
