@@ -21,6 +21,9 @@ from typing import Any
 
 import psutil
 import pytest
+from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
+from test_tool_calls import TOOLS, check_calls
 
 from conftest import ROOT, Cluster, chat_line, read_lines, submit, wait_for
 
@@ -146,10 +149,20 @@ def test_chat_and_completions_with_sampling_fields(vc: Cluster) -> None:
             },
         )
     )
+    lines.append(
+        chat_line(
+            "tool",
+            "What is the weather in Oslo?",
+            model=VLLM,
+            max_tokens=64,
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        )
+    )
     lines.append(chat_line("too-long", "word " * 3000, model=VLLM))
     batch = wait_for(vc.client, submit(vc.client, lines).id, timeout=300)
     assert batch.status == "completed", batch
-    assert batch.request_counts.completed == 6 and batch.request_counts.failed == 1
+    assert batch.request_counts.completed == 7 and batch.request_counts.failed == 1
     out = {
         line["custom_id"]: line["response"]["body"]
         for line in read_lines(vc.client, batch.output_file_id)
@@ -179,6 +192,12 @@ def test_chat_and_completions_with_sampling_fields(vc: Cluster) -> None:
     person = json.loads(out["json"]["choices"][0]["message"]["content"])
     assert set(person) == {"name", "age"} and isinstance(person["age"], int)
 
+    # a named function: a call whose arguments follow its schema (vLLM's structured output)
+    tool = ChatCompletion.model_validate(out["tool"]).choices[0]
+    assert tool.finish_reason == "tool_calls"
+    [call] = check_calls(tool.message, {"get_weather"})
+    assert call.function.name == "get_weather"
+
     errors = read_lines(vc.client, batch.error_file_id)
     assert [e["custom_id"] for e in errors] == ["too-long"]
     assert errors[0]["response"]["body"]["error"]["code"] == "context_length_exceeded"
@@ -207,6 +226,27 @@ def test_chat_and_completions_with_sampling_fields(vc: Cluster) -> None:
         len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"])
     )
     assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
+
+    response_line = {
+        "custom_id": "resp",
+        "method": "POST",
+        "url": "/v1/responses",
+        "body": {
+            "model": VLLM,
+            "instructions": "Answer in one word.",
+            "input": "What colour is the sky?",
+            "max_output_tokens": 16,
+            "temperature": 0,
+        },
+    }
+    batch = wait_for(
+        vc.client, submit(vc.client, [response_line], endpoint="/v1/responses").id, timeout=120
+    )
+    assert batch.status == "completed", batch
+    body = read_lines(vc.client, batch.output_file_id)[0]["response"]["body"]
+    response = Response.model_validate(body)
+    assert response.object == "response" and response.model == VLLM
+    assert response.output_text and 0 < response.usage.output_tokens <= 16  # type: ignore[union-attr]
 
 
 def test_cancel_stops_generation_at_the_next_step(vc: Cluster) -> None:
