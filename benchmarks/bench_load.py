@@ -10,7 +10,8 @@ thread) the requests/s and p50/p99 latency of
   ``/v1/queue``, each with the engine's requests/s and output tokens/s during the load
   next to the same over an equal quiet window just before; and the engine's rate while
   four SDK-like clients each poll the status five times a second (the load a batch
-  server meets in practice) against its quiet rate.
+  server meets in practice) against its quiet rate, over three alternating pairs of
+  windows.
 
 Ratios against the baselines of the same run are printed, so machines compare. The
 clients, the API and the engine share the host's cores: on 2 cores wrk takes part of one.
@@ -155,6 +156,14 @@ def poll_politely(url: str, headers: dict[str, str], path: str, seconds: float) 
         t.join()
 
 
+def summed(windows: list[tuple[tuple[float, int, int], tuple[float, int, int]]]) -> EngineRate:
+    """The engine's rate over several windows together."""
+    seconds = sum(end[0] - start[0] for start, end in windows)
+    done = sum(end[1] - start[1] for start, end in windows)
+    tokens = sum(end[2] - start[2] for start, end in windows)
+    return EngineRate(done / seconds, tokens / seconds)
+
+
 def engine_rate(start: tuple[float, int, int], end: tuple[float, int, int]) -> EngineRate:
     seconds = end[0] - start[0]
     return EngineRate((end[1] - start[1]) / seconds, (end[2] - start[2]) / seconds)
@@ -210,12 +219,18 @@ def measure(keys_on: bool, connections: int, seconds: float) -> Figures:
                     figures.running[label] = wrk(url + path, token, connections, seconds)
                     figures.quiet[label] = engine_rate(quiet, loaded)
                     figures.loaded[label] = engine_rate(loaded, progress(http, running))
-                quiet = progress(http, running)
-                time.sleep(seconds * 2)
-                loaded = progress(http, running)
-                poll_politely(url, headers, f"/v1/batches/{running}", seconds * 2)
-                figures.quiet[POLLERS] = engine_rate(quiet, loaded)
-                figures.loaded[POLLERS] = engine_rate(loaded, progress(http, running))
+                # Quiet and polled windows alternate three times: a batch's rate drifts by
+                # a few percent from one window to the next on its own.
+                quiet_parts, loaded_parts = [], []
+                for _ in range(3):
+                    start = progress(http, running)
+                    time.sleep(seconds)
+                    middle = progress(http, running)
+                    poll_politely(url, headers, f"/v1/batches/{running}", seconds)
+                    quiet_parts.append((start, middle))
+                    loaded_parts.append((middle, progress(http, running)))
+                figures.quiet[POLLERS] = summed(quiet_parts)
+                figures.loaded[POLLERS] = summed(loaded_parts)
                 http.post(f"/v1/batches/{running}/cancel")
         finally:
             for proc in procs:
