@@ -30,5 +30,16 @@ def completion_id(prefix: str) -> str:
     return f"{prefix}-{_random(29)}"
 
 
+def response_id(prefix: str) -> str:
+    """An id of the Responses API's form: a ``response`` (``resp``) and its output items
+    (``msg``, ``fc``)."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def tool_call_id() -> str:
+    """A tool call id in OpenAI's form."""
+    return f"call_{secrets.token_hex(12)}"
+
+
 def token() -> str:
     return secrets.token_hex(16)

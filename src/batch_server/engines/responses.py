@@ -9,10 +9,10 @@ image) fails that request alone with OpenAI's error shape; nothing is silently d
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+from batch_server import ids
 from batch_server.engines.base import EngineRequest, RequestRejected
 from batch_server.engines.protocol import (
     CHAT,
@@ -300,10 +300,6 @@ def result_body(
     return response_object(req.body, chat) if req.endpoint == RESPONSES else chat
 
 
-def _id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(24)}"
-
-
 def response_object(body: dict[str, Any], chat: dict[str, Any]) -> dict[str, Any]:
     """The ``response`` object for Responses request ``body``, from the engine's
     ``chat.completion`` of its :func:`chat_body`."""
@@ -315,7 +311,7 @@ def response_object(body: dict[str, Any], chat: dict[str, Any]) -> dict[str, Any
     if message.get("content") or not calls:
         output.append(
             {
-                "id": _id("msg"),
+                "id": ids.response_id("msg"),
                 "type": "message",
                 "role": "assistant",
                 "status": "incomplete" if cut else "completed",
@@ -332,7 +328,7 @@ def response_object(body: dict[str, Any], chat: dict[str, Any]) -> dict[str, Any
     for call in calls:
         output.append(
             {
-                "id": _id("fc"),
+                "id": ids.response_id("fc"),
                 "type": "function_call",
                 "call_id": call["id"],
                 "name": call["function"]["name"],
@@ -344,7 +340,7 @@ def response_object(body: dict[str, Any], chat: dict[str, Any]) -> dict[str, Any
     cached = (use.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     text = body.get("text") or {}
     return {
-        "id": _id("resp"),
+        "id": ids.response_id("resp"),
         "object": "response",
         "created_at": chat["created"],
         "status": "incomplete" if cut else "completed",

@@ -23,20 +23,15 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from batch_server import ids
 from batch_server.engines.base import RequestRejected
 from batch_server.engines.protocol import Choice, Sampling, chat_messages, json_schema
 
 MAX_TOOLS = 128  # OpenAI's limit on ``tools``
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def call_id() -> str:
-    """A tool call id in OpenAI's form."""
-    return f"call_{secrets.token_hex(12)}"
 
 
 @dataclass(frozen=True)
@@ -104,7 +99,7 @@ class ToolCalling:
             return Choice(text, choice.finish_reason, choice.logprobs)
         calls = [
             {
-                "id": call_id(),
+                "id": ids.tool_call_id(),
                 "type": "function",
                 "function": {
                     "name": str(c.get("name")),
