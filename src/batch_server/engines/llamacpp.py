@@ -29,7 +29,6 @@ from batch_server.engines.base import (
 from batch_server.engines.protocol import (
     CHAT,
     COMPLETIONS,
-    RESPONSES,
     Choice,
     Sampling,
     TokenLogprob,
@@ -128,8 +127,7 @@ class LlamaCppEngine:
         through the model's chat template, whose stop strings join the request's; a
         Responses request as its chat request; tools as :mod:`.tools` renders them, their
         schema as the grammar)."""
-        if req.endpoint == RESPONSES:
-            req = chat_request(req)
+        req = chat_request(req)
         sampling = parse_sampling(req.endpoint, req.body)
         check_token_ids(list(sampling.logit_bias), self.llm.n_vocab(), "logit_bias")
         if req.endpoint == CHAT:

@@ -110,7 +110,7 @@ class OpenAIUpstreamEngine:
             return request_failed(req.index, exc)
 
     def _forward(self, req: EngineRequest, should_stop: StopCheck) -> EngineResult | None:
-        sent = chat_request(req) if req.endpoint == RESPONSES else req
+        sent = chat_request(req)
         if req.endpoint == RESPONSES and "max_tool_calls" in sent.body:
             raise RequestRejected(
                 "'max_tool_calls' above 1 has no chat completions equivalent for the upstream",

@@ -75,7 +75,10 @@ def _refuse(message: str, param: str, code: str = "unsupported_parameter") -> Re
 
 
 def chat_request(req: EngineRequest) -> EngineRequest:
-    """The chat request that answers a ``/v1/responses`` request (its index and id kept)."""
+    """The chat request that answers a ``/v1/responses`` request (its index and id kept);
+    a request to any other endpoint as it is."""
+    if req.endpoint != RESPONSES:
+        return req
     return EngineRequest(req.index, req.custom_id, CHAT, chat_body(req.body))
 
 

@@ -36,7 +36,6 @@ from batch_server.engines.protocol import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
-    RESPONSES,
     Choice,
     TokenLogprob,
     completion_prompts,
@@ -201,7 +200,7 @@ class VllmEngine:
                 f"Model '{self.model_id}' is an embedding model; use /v1/embeddings",
                 code="unsupported_endpoint",
             )
-        chat = chat_request(req) if req.endpoint == RESPONSES else req
+        chat = chat_request(req)
         s = parse_sampling(chat.endpoint, chat.body)
         if chat.endpoint == CHAT:
             # tools go to the chat template (or a system message) and their schema
