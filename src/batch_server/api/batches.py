@@ -108,7 +108,7 @@ async def validate_upload(request: Request, ctx: Ctx, who: Auth) -> BatchValidat
         if endpoint not in SUPPORTED_ENDPOINTS:
             raise APIError(f"Unsupported endpoint '{endpoint}'", param="endpoint")
         model = form_text(form, "model")
-        if model and model not in ctx.settings.model_aliases():
+        if model and model not in ctx.models.current().aliases():
             raise NotFound("model", model, param="model")
         result = await run_in_threadpool(dry_run, ctx, upload, endpoint, model, who)
     finally:

@@ -30,6 +30,6 @@ def history(
     check_limit(limit, 100)
     filters = HistoryFilter.parse(status, model=model, since=since, until=until, q=q)
     entries, more = history_objects(
-        ctx.db, ctx.settings.model_aliases(), filters, limit, after, who.scoper(BatchRow)
+        ctx.db, ctx.models.current().aliases(), filters, limit, after, who.scoper(BatchRow)
     )
     return HistoryList.of(entries, more)

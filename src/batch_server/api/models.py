@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(400))
 
 
 def _model(ctx: AppContext, model_id: str, rate: estimates.Rate | None) -> Model:
-    spec = ctx.settings.models[model_id]
+    spec = ctx.models.current().specs[model_id]
     return Model(
         id=model_id,
         created=ctx.started_at,
@@ -35,12 +35,12 @@ def _rates(ctx: AppContext) -> dict[str, estimates.Rate]:
 @router.get("")
 def list_models(ctx: Ctx) -> ModelList:
     rates = _rates(ctx)
-    return ModelList(data=[_model(ctx, m, rates.get(m)) for m in ctx.settings.models])
+    return ModelList(data=[_model(ctx, m, rates.get(m)) for m in ctx.models.current().specs])
 
 
 @router.get("/{model_id:path}", responses=errors(404))
 def retrieve_model(model_id: str, ctx: Ctx) -> Model:
-    resolved = ctx.settings.model_aliases().get(model_id)
+    resolved = ctx.models.current().resolve(model_id)
     if resolved is None:
         raise NotFound("model", model_id, param="model")
     return _model(ctx, resolved, _rates(ctx).get(resolved))

@@ -22,7 +22,10 @@ router = APIRouter(tags=["queue"], responses=errors(400, 401))
 
 def snapshot(ctx: AppContext, who: Principal) -> dict[str, Any]:
     return reports.visible_queue(
-        ctx.db, ctx.store, ctx.settings.model_aliases(), None if who.admin else who.scoper(BatchRow)
+        ctx.db,
+        ctx.store,
+        ctx.models.current().aliases(),
+        None if who.admin else who.scoper(BatchRow),
     )
 
 

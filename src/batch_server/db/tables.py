@@ -105,6 +105,9 @@ class BatchRow(Base):
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_events: Mapped[str | None] = mapped_column(String(256))
     webhook_progress_at: Mapped[float | None] = mapped_column(Float)
+    # "batch" (a user's), "benchmark" (POST /v1/benchmarks: kept out of history unless
+    # asked for) or "comparison" (one of a comparison's linked batches).
+    kind: Mapped[str] = mapped_column(String(16), default="batch", server_default="batch")
 
 
 class WorkUnitRow(Base):
@@ -256,3 +259,117 @@ class ThroughputSampleRow(Base):
     requests: Mapped[int] = mapped_column(Integer)
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class ModelRow(Base):
+    """One model of the registry. Rows of ``origin`` "config" are written from the config
+    file at every start (the file is authoritative for them); rows of origin "api" come
+    from ``POST /v1/admin/models``. ``spec`` is a :class:`~batch_server.config.ModelSpec`."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    origin: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[float] = mapped_column(Float)
+    # From the latest test load: "untested" | "testing" | "ready" | "failed".
+    status: Mapped[str] = mapped_column(String(16), default="untested")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelTestRow(Base):
+    """A test load (``POST /v1/admin/models/{id}/test``): a worker claims it with a lease,
+    loads the model in its engine process and runs one request."""
+
+    __tablename__ = "model_tests"
+    __table_args__ = (Index("ix_model_tests_claim", "status", "lease_expires_at"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(256), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # queued|running|succeeded|failed
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    load_seconds: Mapped[float | None] = mapped_column(Float)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    time_to_first_token: Mapped[float | None] = mapped_column(Float)
+    request_seconds: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    output: Mapped[str | None] = mapped_column(Text)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class BatchRunRow(Base):
+    """What produced a batch's results on one worker: the model's weights (SHA-256, or the
+    package and version), the engine and its version and arguments, the sampling defaults,
+    the server version, the host; and the engine's load time and peak memory."""
+
+    __tablename__ = "batch_runs"
+    __table_args__ = (UniqueConstraint("batch_id", "model", "worker"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    worker: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[float] = mapped_column(Float)
+    first_result_at: Mapped[float | None] = mapped_column(Float)
+    load_seconds: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class BenchmarkRow(Base):
+    """A benchmark: a batch of kind "benchmark" and, once it ended, its figures."""
+
+    __tablename__ = "benchmarks"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(256), index=True)
+    batch_id: Mapped[str] = mapped_column(String(64), index=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    dataset: Mapped[str] = mapped_column(String(64))  # "generated" or the input file's id
+    requests: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int | None] = mapped_column(Integer)
+    figures: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    host: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ComparisonRow(Base):
+    """One input run on 2..N models: a linked batch (kind "comparison") per model."""
+
+    __tablename__ = "comparisons"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    # model id -> batch id, in the order the models were asked for
+    batches: Mapped[dict[str, str]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+
+
+class ComparisonPickRow(Base):
+    """The better answer picked for one request of a comparison (a preference label)."""
+
+    __tablename__ = "comparison_picks"
+    __table_args__ = (UniqueConstraint("comparison_id", "custom_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    comparison_id: Mapped[str] = mapped_column(String(64), index=True)
+    custom_id: Mapped[str] = mapped_column(String(512))
+    model: Mapped[str | None] = mapped_column(String(256))  # None: a tie / none is better
+    rater: Mapped[str | None] = mapped_column(String(256))
+    at: Mapped[float] = mapped_column(Float)

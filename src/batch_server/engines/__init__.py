@@ -35,7 +35,7 @@ def load_engine(model_id: str, spec: ModelSpec, data_dir: Path | None = None) ->
 
         return OpenAIUpstreamEngine(model_id, spec.engine_args)
     try:
-        path = spec.resolve_path()
+        path = spec.resolve_path(data_dir)
     except ModelNotAvailable as exc:
         raise EngineFailure(str(exc)) from exc
     if spec.engine == "llamacpp":
@@ -44,9 +44,9 @@ def load_engine(model_id: str, spec: ModelSpec, data_dir: Path | None = None) ->
 
         args = dict(spec.engine_args)
         if int(args.setdefault("parallel", LLAMACPP_PARALLEL)) > 1:
-            return BatchedLlamaCppEngine(model_id, path, args)
+            return BatchedLlamaCppEngine(model_id, path, args, spec.chat_template)
         del args["parallel"]
-        return LlamaCppEngine(model_id, path, args)
+        return LlamaCppEngine(model_id, path, args, spec.chat_template)
     if spec.engine == "vllm":
         from batch_server.engines.vllm import VllmEngine
 

@@ -48,9 +48,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TURN_END_MARKERS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
+
 
 class LlamaCppEngine:
-    def __init__(self, model_id: str, path: Path, engine_args: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        engine_args: dict[str, Any],
+        chat_template: str | None = None,
+    ) -> None:
         try:
             from llama_cpp import Llama
             from llama_cpp import llama_chat_format as chat_format
@@ -72,10 +80,12 @@ class LlamaCppEngine:
             self.llm = Llama(model_path=str(path), **args)
         except Exception as exc:
             raise EngineFailure(f"llama.cpp could not load {path}: {exc}") from exc
-        template = self.llm.metadata.get("tokenizer.chat_template")
+        template = chat_template or self.llm.metadata.get("tokenizer.chat_template")
         # a template that renders tool definitions gets them; else a system message does
         self.template_tools = bool(template and "tools" in template)
         self.formatter = None
+        # the markers a template ends a turn with stop generation, beside the EOS token
+        self.turn_stops = [m for m in TURN_END_MARKERS if template and m in template]
         if template:
             model = self.llm._model
             self.formatter = chat_format.Jinja2ChatFormatter(
@@ -144,7 +154,8 @@ class LlamaCppEngine:
                 messages=cast("list[ChatCompletionRequestMessage]", messages),
                 tools=cast("list[ChatCompletionTool] | None", tools),
             )
-            sampling.stop = sampling.stop + [s for s in (formatted.stop or []) if s]
+            stops = [*(formatted.stop or []), *self.turn_stops]
+            sampling.stop = sampling.stop + [s for s in stops if s and s not in sampling.stop]
             return sampling, [formatted.prompt]
         if req.endpoint == COMPLETIONS:
             prompts = completion_prompts(req.body)

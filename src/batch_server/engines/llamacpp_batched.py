@@ -86,12 +86,18 @@ class Slot:
 
 
 class BatchedLlamaCppEngine(LlamaCppEngine):
-    def __init__(self, model_id: str, path: Path, engine_args: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        path: Path,
+        engine_args: dict[str, Any],
+        chat_template: str | None = None,
+    ) -> None:
         args = dict(engine_args)
         self.parallel = int(args.pop("parallel"))
         self.n_ctx_seq = int(args.get("n_ctx", 2048))
         # the Llama object (tokenizer, chat template, model weights) needs no big cache
-        super().__init__(model_id, path, {**args, "n_ctx": 64})
+        super().__init__(model_id, path, {**args, "n_ctx": 64}, chat_template)
         import llama_cpp
         from llama_cpp import _internals
 

@@ -16,6 +16,7 @@ from batch_server.db.session import Database
 from batch_server.db.tables import FileRow
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs.manager import NewBatch
+from batch_server.models.registry import Registry
 from batch_server.openai_types import (
     MAX_COMPLETION_WINDOW_SECONDS,
     PRIORITY_MAX,
@@ -79,8 +80,21 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
     return metadata
 
 
+def check_available(registry: Registry, model_id: str, param: str = "model") -> None:
+    """Refuse a model whose latest test load failed (see ``POST
+    /v1/admin/models/{id}/test``), with the reason, before any batch uses it."""
+    reason = registry.unavailable().get(model_id)
+    if reason is not None:
+        raise APIError(
+            f"Model '{model_id}' is unavailable: its test load failed: {reason}",
+            param=param,
+            code="model_unavailable",
+        )
+
+
 def admit(
     settings: Settings,
+    registry: Registry,
     db: Database,
     body: CreateBatchBody,
     find_file: Callable[[str], FileRow],
@@ -98,9 +112,10 @@ def admit(
     metadata = check_metadata(body.metadata)
     model = None
     if body.model:
-        model = settings.model_aliases().get(body.model)
+        model = registry.resolve(body.model)
         if model is None:
             raise NotFound("model", body.model, param="model")
+        check_available(registry, model)
     priority = batch_priority(body, metadata)
     hook_url, hook_events = webhooks.subscription(settings, metadata)
     source = find_file(body.input_file_id)

@@ -20,6 +20,7 @@ from batch_server.config import Settings
 from batch_server.jobs import lifecycle
 from batch_server.jobs.manager import JobManager
 from batch_server.jobs.queue import describe_error
+from batch_server.models.registry import Registry
 from batch_server.statuses import BatchStatus
 from batch_server.storage import FileStore
 
@@ -87,6 +88,7 @@ def validate(
     model_unit_sizes: dict[str, int] | None = None,
     max_line_bytes: int = 4 * 1024 * 1024,
     model_endpoints: dict[str, frozenset[str]] | None = None,
+    unavailable: dict[str, str] | None = None,
 ) -> Validation:
     """Check every line; a line that passes can be stored and run (its strings are valid
     Unicode, its model serves the batch's endpoint)."""
@@ -192,6 +194,15 @@ def validate(
                 "body.model",
             )
             continue
+        if unavailable and model in unavailable:
+            error(
+                "model_unavailable",
+                f"Line {n}: model '{name}' is unavailable: its test load failed: "
+                f"{unavailable[model]}",
+                n,
+                "body.model",
+            )
+            continue
         served = (model_endpoints or {}).get(model)
         if served is not None and endpoint not in served:
             error(
@@ -263,7 +274,13 @@ def has_lone_surrogate(raw: bytes, obj: Any) -> bool:
 
 
 def validate_input(
-    fh: BinaryIO, settings: Settings, *, endpoint: str, model: str | None, max_requests: int
+    fh: BinaryIO,
+    settings: Settings,
+    registry: Registry,
+    *,
+    endpoint: str,
+    model: str | None,
+    max_requests: int,
 ) -> Validation:
     """Validate a batch input file with the server's settings: what a batch's validation
     step and the dry run (``POST /v1/batches/validate``) both do."""
@@ -271,18 +288,24 @@ def validate_input(
         fh,
         endpoint=endpoint,
         batch_model=model,
-        aliases=settings.model_aliases(),
+        aliases=registry.aliases(),
         max_requests=max_requests,
         unit_size=settings.unit_size,
         max_errors=settings.max_validation_errors,
-        model_unit_sizes={m: settings.unit_size_for(m) for m in settings.models},
+        model_unit_sizes=registry.unit_sizes(),
         max_line_bytes=settings.max_line_bytes,
-        model_endpoints=settings.model_endpoints(),
+        model_endpoints=registry.endpoints(),
+        unavailable=registry.unavailable(),
     )
 
 
 def validate_batch(
-    jobs: JobManager, store: FileStore, settings: Settings, batch_id: str, token: str
+    jobs: JobManager,
+    store: FileStore,
+    settings: Settings,
+    registry: Registry,
+    batch_id: str,
+    token: str,
 ) -> BatchStatus:
     """The worker's validation step: validate the input file, then move the batch to
     ``in_progress`` with its work units, or to ``failed`` with the errors. A file that
@@ -296,7 +319,12 @@ def validate_batch(
     try:
         with store.open(batch.input_file_id) as fh:
             result = validate_input(
-                fh, settings, endpoint=batch.endpoint, model=batch.model, max_requests=max_requests
+                fh,
+                settings,
+                registry,
+                endpoint=batch.endpoint,
+                model=batch.model,
+                max_requests=max_requests,
             )
     except Exception as exc:  # the storage, not the file's lines
         log.exception("could not read the input of %s", batch_id)

@@ -97,7 +97,7 @@ def render(request: Request, name: str, **context: Any) -> HTMLResponse:
 
 def _queue(ctx: AppContext) -> dict[str, Any]:
     """The whole queue (the dashboard is for admins)."""
-    return reports.visible_queue(ctx.db, ctx.store, ctx.settings.model_aliases())
+    return reports.visible_queue(ctx.db, ctx.store, ctx.models.current().aliases())
 
 
 @router.get("/")
@@ -118,7 +118,7 @@ def overview(request: Request, ctx: Ctx) -> HTMLResponse:
         version=version(),
         uptime=time.time() - ctx.started_at,
         gpu=ctx.gpu.status(),
-        models=ctx.settings.models,
+        models=ctx.models.current().specs,
         rates=rates,
     )
 
@@ -164,7 +164,9 @@ def batches_page(
             since=_date(since, "since"),
             until=_date(until, "until", end_of_day=True),
         )
-        rows, more = history_page(ctx.db, ctx.settings.model_aliases(), filters, 25, after or None)
+        rows, more = history_page(
+            ctx.db, ctx.models.current().aliases(), filters, 25, after or None
+        )
     except APIError as exc:
         error, rows, more = exc.message, [], False
     form = {"status": status, "model": model, "q": q, "since": since, "until": until}
@@ -178,7 +180,7 @@ def batches_page(
         form=form,
         next_query=urlencode(form | {"after": rows[-1]["id"]}) if more else "",
         statuses=ALL_STATUSES,
-        models=ctx.settings.models,
+        models=ctx.models.current().specs,
     )
 
 
@@ -235,7 +237,7 @@ def _submit_form(
         request,
         "submit.html",
         page="submit",
-        models=ctx.settings.models,
+        models=ctx.models.current().specs,
         endpoints=SUPPORTED_ENDPOINTS,
         result=result,
         values=values or {"priority": "0", "completion_window": "24h"},
@@ -299,7 +301,7 @@ def models_page(request: Request, ctx: Ctx) -> HTMLResponse:
         request,
         "models.html",
         page="models",
-        models=ctx.settings.models,
+        models=ctx.models.current().specs,
         rates=rates,
         loaded=loaded,
     )

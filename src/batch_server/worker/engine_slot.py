@@ -16,6 +16,7 @@ from batch_server.engines.base import EngineFailure
 from batch_server.engines.process import EngineProcess
 from batch_server.jobs import reports
 from batch_server.jobs.manager import JobManager
+from batch_server.models.registry import ModelRegistry
 from batch_server.statuses import WorkerState
 from batch_server.worker.presence import Presence
 
@@ -55,8 +56,11 @@ class MemoryPolicy:
 
 
 class EngineSlot:
-    def __init__(self, settings: Settings, jobs: JobManager, presence: Presence) -> None:
+    def __init__(
+        self, settings: Settings, models: ModelRegistry, jobs: JobManager, presence: Presence
+    ) -> None:
         self.settings = settings
+        self.models = models
         self.jobs = jobs
         self.presence = presence
         self.engine: EngineProcess | None = None
@@ -73,9 +77,9 @@ class EngineSlot:
         if self.engine is not None and self.engine.model_id == model_id:
             return self.engine
         self.close()
-        spec = self.settings.models.get(model_id)
+        spec = self.models.current().get(model_id)
         if spec is None:
-            raise EngineFailure(f"model {model_id!r} is not in this worker's registry")
+            raise EngineFailure(f"model {model_id!r} is not in the registry")
         state, batch_id = self.presence.engine_state, self.presence.engine_batch
         self.presence.engine(WorkerState.LOADING, batch_id)
         started = time.monotonic()
@@ -126,11 +130,12 @@ class EngineSlot:
         # has not yet touched the buffers that later, fuller batches use.
         if engine.warm_memory is None and engine.results >= WARM_REQUESTS:
             engine.warm_memory = rss
-        spec = self.settings.models.get(engine.model_id)
+        registry = self.models.current()
+        spec = registry.get(engine.model_id)
         policy = MemoryPolicy(
             cap_mib=spec.max_memory_mb if spec else None,
             growth_limit=self.settings.engine_memory_growth_limit,
-            unit_size=self.settings.unit_size_for(engine.model_id),
+            unit_size=registry.unit_size_for(engine.model_id),
         )
         return policy.restart_reason(rss, engine.warm_memory, engine.results, engine.runs)
 

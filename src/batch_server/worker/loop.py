@@ -20,6 +20,7 @@ from batch_server.gpu import GpuMonitor, host_hold_reason
 from batch_server.jobs.manager import JobManager
 from batch_server.jobs.queue import Claim
 from batch_server.logs import bind
+from batch_server.models.registry import ModelRegistry
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.wakeup import Wakeup
@@ -35,6 +36,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
+        models: ModelRegistry,
         jobs: JobManager,
         store: FileStore,
         gpu: GpuMonitor,
@@ -47,8 +49,8 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.token()[:6]}"
         self.slot: EngineSlot
         self.presence = Presence(jobs, self.id, gpu, loaded=lambda: self.slot.model_id)
-        self.slot = EngineSlot(settings, jobs, self.presence)
-        self.steps = BatchSteps(settings, jobs, store, self.presence, wake.waiter())
+        self.slot = EngineSlot(settings, models, jobs, self.presence)
+        self.steps = BatchSteps(settings, models, jobs, store, self.presence, wake.waiter())
         self.runner = Runner(
             settings, jobs, store, self.slot, self.presence, may_take_more=self._may_take_more
         )

@@ -19,6 +19,7 @@ from batch_server.jobs.finalize import finalize
 from batch_server.jobs.manager import JobManager
 from batch_server.jobs.validation import validate_batch
 from batch_server.logs import bind
+from batch_server.models.registry import ModelRegistry
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.wakeup import Waiter
@@ -33,12 +34,14 @@ class BatchSteps:
     def __init__(
         self,
         settings: Settings,
+        models: ModelRegistry,
         jobs: JobManager,
         store: FileStore,
         presence: Presence,
         waiter: Waiter,
     ) -> None:
         self.settings = settings
+        self.models = models
         self.jobs = jobs
         self.store = store
         self.presence = presence
@@ -90,7 +93,14 @@ class BatchSteps:
             with bind(batch_id=step.batch_id, request_id=f"step_{ids.token()[:12]}"):
                 log.info("%s step", step.kind)
                 if validating:
-                    validate_batch(self.jobs, self.store, self.settings, step.batch_id, step.token)
+                    validate_batch(
+                        self.jobs,
+                        self.store,
+                        self.settings,
+                        self.models.current(),
+                        step.batch_id,
+                        step.token,
+                    )
                 else:
                     finalize(self.jobs, self.store, step.batch_id, step.token)
         finally:
