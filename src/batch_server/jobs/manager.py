@@ -57,6 +57,9 @@ class NewBatch:
     webhook_url: str | None = None
     webhook_events: str | None = None  # comma-separated
     output_expires_after: int | None = None  # seconds its output and error files are kept
+    # "batch", "benchmark" or "comparison"; the last two run every line on ``model``
+    # whatever model the line names (see MODEL_OVERRIDING_KINDS).
+    kind: str = "batch"
 
 
 class BatchStep(NamedTuple):
@@ -131,6 +134,7 @@ class JobManager(WorkQueue):
             webhook_url=new.webhook_url,
             webhook_events=new.webhook_events,
             output_expires_after=new.output_expires_after,
+            kind=new.kind,
         )
         with self.db.write() as s:
             if not lock_live_file(s, new.input_file_id):

@@ -26,6 +26,10 @@ from batch_server.storage import FileStore
 
 log = logging.getLogger(__name__)
 
+# Batches whose model replaces the model each line names: a benchmark or a comparison
+# runs a user's file on the model being measured.
+MODEL_OVERRIDING_KINDS = ("benchmark", "comparison")
+
 
 @dataclass
 class Unit:
@@ -89,6 +93,7 @@ def validate(
     max_line_bytes: int = 4 * 1024 * 1024,
     model_endpoints: dict[str, frozenset[str]] | None = None,
     unavailable: dict[str, str] | None = None,
+    override_model: bool = False,
 ) -> Validation:
     """Check every line; a line that passes can be stored and run (its strings are valid
     Unicode, its model serves the batch's endpoint)."""
@@ -173,7 +178,7 @@ def validate(
                 "body.stream",
             )
             continue
-        name = body.get("model") or batch_model
+        name = batch_model if override_model else (body.get("model") or batch_model)
         if name and not isinstance(name, str):
             error("invalid_value", f"Line {n}: 'body.model' must be a string.", n, "body.model")
             continue
@@ -281,6 +286,7 @@ def validate_input(
     endpoint: str,
     model: str | None,
     max_requests: int,
+    override_model: bool = False,
 ) -> Validation:
     """Validate a batch input file with the server's settings: what a batch's validation
     step and the dry run (``POST /v1/batches/validate``) both do."""
@@ -296,6 +302,7 @@ def validate_input(
         max_line_bytes=settings.max_line_bytes,
         model_endpoints=registry.endpoints(),
         unavailable=registry.unavailable(),
+        override_model=override_model,
     )
 
 
@@ -325,6 +332,7 @@ def validate_batch(
                 endpoint=batch.endpoint,
                 model=batch.model,
                 max_requests=max_requests,
+                override_model=batch.kind in MODEL_OVERRIDING_KINDS,
             )
     except Exception as exc:  # the storage, not the file's lines
         log.exception("could not read the input of %s", batch_id)
