@@ -373,3 +373,100 @@ class ComparisonPickRow(Base):
     model: Mapped[str | None] = mapped_column(String(256))  # None: a tie / none is better
     rater: Mapped[str | None] = mapped_column(String(256))
     at: Mapped[float] = mapped_column(Float)
+
+
+class AnnotationRow(Base):
+    """A reviewer's verdict on one request of a batch: a label (golden | fixed | wrong |
+    skip), the corrected answer of a ``fixed`` one, a note, a 1–5 rating, who and when.
+    ``owner`` is the batch's owner (tenancy); ``model`` the model that answered."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "custom_id"),
+        Index("ix_annotations_owner_label", "owner", "label"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64), index=True)
+    custom_id: Mapped[str] = mapped_column(String(512))
+    request_index: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(256))
+    label: Mapped[str | None] = mapped_column(String(16))
+    fixed_answer: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    rating: Mapped[int | None] = mapped_column(Integer)
+    rater: Mapped[str | None] = mapped_column(String(256))
+    # where the annotation came from: "api", "dashboard", "label_studio"
+    source: Mapped[str] = mapped_column(String(32), default="api")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AnnotationEventRow(Base):
+    """The history of an annotation: every change (and deletion) with the values before
+    and after."""
+
+    __tablename__ = "annotation_events"
+    __table_args__ = (Index("ix_annotation_events_request", "batch_id", "custom_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    custom_id: Mapped[str] = mapped_column(String(512))
+    at: Mapped[float] = mapped_column(Float)
+    rater: Mapped[str | None] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(16))  # put | delete
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class CollectionRow(Base):
+    """A named set of annotated examples (e.g. "golden-recruiting-v3"); each change makes
+    a new version whose items are frozen, so an export of a version is reproducible."""
+
+    __tablename__ = "collections"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(256))
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(Integer, default=0)  # the latest version
+
+
+class CollectionItemRow(Base):
+    """One example of one version of a collection, frozen when the version was made: the
+    request (prompt messages), the answer to learn from (a ``fixed`` annotation's
+    correction, else the model's), the label, rating, model and parsed fields."""
+
+    __tablename__ = "collection_items"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "version", "batch_id", "custom_id"),
+        Index("ix_collection_items_version", "collection_id", "version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    custom_id: Mapped[str] = mapped_column(String(512))
+    example: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class LabelStudioTaskRow(Base):
+    """A request sent to a Label Studio project as a task, and when its annotation came
+    back."""
+
+    __tablename__ = "label_studio_tasks"
+    __table_args__ = (UniqueConstraint("project_id", "task_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64), index=True)
+    custom_id: Mapped[str] = mapped_column(String(512))
+    project_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(Integer)
+    pushed_at: Mapped[float] = mapped_column(Float)
+    pulled_at: Mapped[float | None] = mapped_column(Float)
