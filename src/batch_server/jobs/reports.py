@@ -251,7 +251,7 @@ def _error_lines(db: Database, store: FileStore, batch: BatchRow) -> Iterator[st
             return
         batch = _reload(db, batch.id)  # finalized meanwhile: the rows moved to the file
     if batch.error_file_id:
-        yield from _file_lines(store, batch.error_file_id)
+        yield from file_lines(store, batch.error_file_id)
 
 
 def _reload(db: Database, batch_id: str) -> BatchRow:
@@ -260,7 +260,10 @@ def _reload(db: Database, batch_id: str) -> BatchRow:
     return row
 
 
-def _file_lines(store: FileStore, file_id: str) -> Iterator[str]:
+def file_lines(store: FileStore, file_id: str | None) -> Iterator[str]:
+    """The non-blank lines of a stored file (none when there is no such file)."""
+    if file_id is None:
+        return
     try:
         fh = store.open(file_id)
     except FileNotFoundError:
@@ -355,7 +358,7 @@ def _results_for(
     for file_id in (batch.output_file_id, batch.error_file_id):
         if file_id is None:
             continue
-        for raw in _file_lines(store, file_id):
+        for raw in file_lines(store, file_id):
             line = json.loads(raw)
             if line.get("custom_id") in wanted:
                 out[line["custom_id"]] = line
