@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batch_server import client_commands, logs
+from batch_server import client_commands, collection_commands, logs
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -249,6 +249,10 @@ def _registry(settings: Settings) -> Registry:
 for _name, _command in client_commands.COMMANDS.items():
     if _name != "models":  # `models` is the group above
         app.command(_name)(_command)
+
+# Collections and their exports (issue 15), see collection_commands.py.
+app.command("export")(collection_commands.export)
+app.add_typer(collection_commands.collections_app, name="collections")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""One annotated request as a frozen example: what a collection keeps of it. The prompt
+(as chat messages and as text), the model's answer, the answer to learn from (a ``fixed``
+annotation's correction replaces the model's), the verdict, and the answer's fields when
+it is a JSON object. Built from any endpoint's request and response bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from batch_server.curation.requests import RequestPair
+from batch_server.db.tables import AnnotationRow
+
+# Roles kept from a request's messages (``developer`` is OpenAI's newer name for system);
+# tool messages and assistant tool calls are left out: a fine-tuning line needs them in
+# pairs, and a prompt block has no place for them.
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def text_of(content: Any) -> str | None:
+    """A message's content as text: a string, or the text parts of a list joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        texts = [p for p in parts if isinstance(p, str)]
+        return "\n".join(texts) if texts else None
+    return None
+
+
+def prompt_messages(endpoint: str, body: dict[str, Any]) -> list[dict[str, str]]:
+    """The request's prompt as ``[{role, content}]`` (system and user turns, and earlier
+    assistant turns with text)."""
+    if endpoint == "/v1/chat/completions":
+        return _messages(body.get("messages"))
+    if endpoint == "/v1/responses":
+        found = []
+        if isinstance(body.get("instructions"), str):
+            found.append({"role": "system", "content": body["instructions"]})
+        given = body.get("input")
+        if isinstance(given, str):
+            return [*found, {"role": "user", "content": given}]
+        return [*found, *_messages(given)]
+    prompt = body.get("prompt", body.get("input"))
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else []
+
+
+def _messages(given: Any) -> list[dict[str, str]]:
+    found = []
+    for m in given if isinstance(given, list) else []:
+        if not isinstance(m, dict) or m.get("role") not in _ROLES:
+            continue
+        content = text_of(m.get("content"))
+        if content is not None and content.strip():
+            found.append({"role": _ROLES[m["role"]], "content": content})
+    return found
+
+
+def answer_text(endpoint: str, response: dict[str, Any] | None) -> str | None:
+    """The model's answer as text (None for an endpoint without one, or a failure)."""
+    if not response:
+        return None
+    if endpoint == "/v1/responses":
+        texts = [
+            c.get("text")
+            for item in response.get("output") or []
+            if isinstance(item, dict)
+            for c in item.get("content") or []
+            if isinstance(c, dict) and c.get("type") == "output_text"
+        ]
+        return "".join(t for t in texts if isinstance(t, str)) or None
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    first = choices[0]
+    if endpoint == "/v1/completions":
+        return first.get("text") if isinstance(first.get("text"), str) else None
+    return text_of((first.get("message") or {}).get("content"))
+
+
+def parsed_fields(text: str | None) -> dict[str, Any] | None:
+    """The answer's fields when it is a JSON object (optionally in a ```json fence)."""
+    if not text:
+        return None
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.strip("`").removeprefix("json").strip()
+    try:
+        value = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def example(endpoint: str, pair: RequestPair, note: AnnotationRow) -> dict[str, Any]:
+    """The frozen example of one annotated request."""
+    messages = prompt_messages(endpoint, pair.request)
+    answer = answer_text(endpoint, pair.response)
+    target = note.fixed_answer if note.label == "fixed" and note.fixed_answer else answer
+    return {
+        "batch_id": note.batch_id,
+        "custom_id": pair.custom_id,
+        "request_index": pair.index,
+        "endpoint": endpoint,
+        "model": pair.model or note.model,
+        "messages": messages,
+        "prompt": "\n\n".join(m["content"] for m in messages if m["role"] != "system"),
+        "system": "\n\n".join(m["content"] for m in messages if m["role"] == "system") or None,
+        "answer": answer,
+        "fixed_answer": note.fixed_answer if note.label == "fixed" else None,
+        "target": target,
+        "label": note.label,
+        "rating": note.rating,
+        "note": note.note,
+        "rater": note.rater,
+        "annotated_at": int(note.updated_at),
+        "fields": parsed_fields(target),
+    }
