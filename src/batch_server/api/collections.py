@@ -20,9 +20,10 @@ from batch_server.api.openapi import errors, json_body
 from batch_server.app_context import AppContext
 from batch_server.curation import collections, exports
 from batch_server.db.pages import paginate
-from batch_server.db.tables import CollectionItemRow, CollectionRow
+from batch_server.db.tables import CollectionRow
 from batch_server.errors import NotFound
 from batch_server.openai_types.collections import (
+    ITEM_PREFIX,
     Collection,
     CollectionBody,
     CollectionDeleted,
@@ -37,7 +38,6 @@ from batch_server.openai_types.collections import (
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=errors(400, 401, 404))
 
-ITEM_PREFIX = "citem_"
 B = TypeVar("B", bound=BaseModel)
 
 
@@ -48,31 +48,6 @@ async def _body(request: Request, model: type[B]) -> B:
         raise invalid_parameter(exc.errors()[0]) from exc
 
 
-def version_object(collection_id: str, v: collections.Version) -> CollectionVersion:
-    return CollectionVersion(
-        collection_id=collection_id,
-        version=v.number,
-        created_at=v.created_at,
-        count=v.count,
-        rule=v.rule,
-        stats=v.stats,
-    )
-
-
-def collection_object(
-    row: CollectionRow, versions: list[collections.Version] | None = None
-) -> Collection:
-    return Collection(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        version=row.version,
-        versions=None if versions is None else [version_object(row.id, v) for v in versions],
-    )
-
-
 def find(ctx: AppContext, ident: str, who: Principal) -> CollectionRow:
     return collections.find(ctx.db, ident, who.scoper(CollectionRow), who.owner)
 
@@ -81,7 +56,7 @@ def find(ctx: AppContext, ident: str, who: Principal) -> CollectionRow:
 async def create_collection(request: Request, ctx: Ctx, who: Auth) -> Collection:
     body = await _body(request, CollectionBody)
     row = collections.create(ctx.db, body.name, body.description, who.owner)
-    return collection_object(row, [])
+    return Collection.from_row(row, [])
 
 
 @router.get("", responses=errors(422))
@@ -93,14 +68,14 @@ def list_collections(
     query = who.scope(select(CollectionRow), CollectionRow)
     with ctx.db.read() as s:
         rows, more = paginate(s, query, CollectionRow, after, limit, True, "collection")
-    return CollectionList.of([collection_object(r) for r in rows], more)
+    return CollectionList.of([Collection.from_row(r) for r in rows], more)
 
 
 @router.get("/{collection_id}")
 def retrieve_collection(collection_id: str, ctx: Ctx, who: Auth) -> Collection:
     """One collection (by id or name) with its versions."""
     row = find(ctx, collection_id, who)
-    return collection_object(row, collections.versions(ctx.db, row.id))
+    return Collection.from_row(row, collections.versions(ctx.db, row.id))
 
 
 @router.delete("/{collection_id}")
@@ -135,7 +110,7 @@ async def create_version(
         base=body.base,
     )
     built = await run_in_threadpool(collections.build, ctx.db, ctx.store, row, rule)
-    return version_object(row.id, built)
+    return CollectionVersion.of(row.id, built)
 
 
 @router.get("/{collection_id}/items", responses=errors(422))
@@ -152,17 +127,7 @@ def list_items(
     row = find(ctx, collection_id, who)
     number = collections.version(ctx.db, row, version)
     rows, more = collections.items(ctx.db, row.id, number, _cursor(after), limit)
-    return CollectionItemList.of([item_object(r) for r in rows], more)
-
-
-def item_object(row: CollectionItemRow) -> CollectionItem:
-    return CollectionItem(
-        id=f"{ITEM_PREFIX}{row.id}",
-        version=row.version,
-        batch_id=row.batch_id,
-        custom_id=row.custom_id,
-        example=row.example,
-    )
+    return CollectionItemList.of([CollectionItem.from_row(r) for r in rows], more)
 
 
 def _cursor(after: str | None) -> int | None:

@@ -3,16 +3,21 @@ examples, and the Files made from them."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from batch_server.openai_types.common import APIObject, Identified, ListObject
 
+if TYPE_CHECKING:
+    from batch_server.curation.collections import Version
+    from batch_server.db.tables import CollectionItemRow, CollectionRow
+
 ExportFormat = Literal[
     "openai-finetune-jsonl", "few-shot-json", "few-shot-prompt", "csv", "parquet"
 ]
 Label = Literal["golden", "fixed", "wrong", "skip"]
+ITEM_PREFIX = "citem_"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -57,6 +62,17 @@ class CollectionVersion(APIObject):
     rule: dict[str, Any] = Field(description="The rule that built it (base, add, remove)")
     stats: dict[str, int] = Field(description="added, kept (from the base), removed")
 
+    @classmethod
+    def of(cls, collection_id: str, v: Version) -> CollectionVersion:
+        return cls(
+            collection_id=collection_id,
+            version=v.number,
+            created_at=v.created_at,
+            count=v.count,
+            rule=v.rule,
+            stats=v.stats,
+        )
+
 
 class Collection(Identified):
     object: Literal["collection"] = "collection"
@@ -68,6 +84,20 @@ class Collection(Identified):
     versions: list[CollectionVersion] | None = Field(
         description="Every version, oldest first (only when one collection is retrieved)"
     )
+
+    @classmethod
+    def from_row(cls, row: CollectionRow, versions: list[Version] | None = None) -> Collection:
+        return cls(
+            id=row.id,
+            name=row.name,
+            description=row.description,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            version=row.version,
+            versions=None
+            if versions is None
+            else [CollectionVersion.of(row.id, v) for v in versions],
+        )
 
 
 class CollectionList(ListObject[Collection]):
@@ -86,6 +116,16 @@ class CollectionItem(Identified):
     batch_id: str
     custom_id: str
     example: dict[str, Any] = Field(description="The frozen example")
+
+    @classmethod
+    def from_row(cls, row: CollectionItemRow) -> CollectionItem:
+        return cls(
+            id=f"{ITEM_PREFIX}{row.id}",
+            version=row.version,
+            batch_id=row.batch_id,
+            custom_id=row.custom_id,
+            example=row.example,
+        )
 
 
 class CollectionItemList(ListObject[CollectionItem]):

@@ -8,12 +8,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
-from batch_server.api.auth import OPEN
-from batch_server.api.collections import collection_object, find, item_object
 from batch_server.api.deps import Ctx
 from batch_server.curation import collections, exports
-from batch_server.db.pages import paginate
+from batch_server.db.pages import everything, paginate
 from batch_server.db.tables import CollectionItemRow, CollectionRow
+from batch_server.openai_types.collections import Collection, CollectionItem
 from batch_server.web.pages import page_admin, render
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(page_admin)])
@@ -30,7 +29,7 @@ def collections_page(request: Request, ctx: Ctx, after: str | None = None) -> HT
         request,
         "collections.html",
         page="collections",
-        rows=[collection_object(r) for r in rows],
+        rows=[Collection.from_row(r) for r in rows],
         more=more,
     )
 
@@ -39,7 +38,7 @@ def collections_page(request: Request, ctx: Ctx, after: str | None = None) -> HT
 def collection_page(
     request: Request, collection_id: str, ctx: Ctx, version: int | None = None
 ) -> HTMLResponse:
-    row = find(ctx, collection_id, OPEN)
+    row = collections.find(ctx.db, collection_id, everything, None)
     versions = collections.versions(ctx.db, row.id)
     shown = version if version is not None else (row.version or None)
     items: list[CollectionItemRow] = []
@@ -51,9 +50,9 @@ def collection_page(
         request,
         "collection.html",
         page="collections",
-        collection=collection_object(row, versions),
+        collection=Collection.from_row(row, versions),
         shown=shown,
-        items=[item_object(i) for i in items],
+        items=[CollectionItem.from_row(i) for i in items],
         more_items=more,
         formats=exports.FORMATS,
     )
