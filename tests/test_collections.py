@@ -263,14 +263,28 @@ def test_cli_export(setup: Setup, tmp_path: Path) -> None:
     file_id, printed = run.stdout.split()
     assert file_id.startswith("file-") and Path(printed) == out
     assert out.read_bytes() == s.v1_jsonl
-    listed = subprocess.run(
-        [sys.executable, "-m", "batch_server", "collections", "list", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert listed.returncode == 0 and "golden-colours" in listed.stdout
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "batch_server", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert cli("collections", "create", "cli-set").strip().startswith("coll_")
+    assert "cli-set v1: 5 items" in cli("collections", "add", "cli-set", s.batch_id)
+    file_id, printed = cli(
+        "export", "cli-set", "-f", "few-shot-prompt", "--labels", "golden",
+        "--token-budget", "1000", "--diverse",
+    ).split()  # fmt: skip
+    text = (tmp_path / printed).read_text()
+    assert printed == "cli-set-v1.few-shot.txt" and text.count("Example ") == 3
+    assert "cli-set" in cli("collections", "list")
 
 
 def test_another_key_gets_not_found(setup: Setup) -> None:

@@ -104,7 +104,9 @@ async def create_version(
             for a in body.add
         ],
         remove=[
-            collections.Remove(r.batch_id, None if r.custom_ids is None else tuple(r.custom_ids))
+            collections.Remove(
+                r.batch_id, None if r.custom_ids is None else frozenset(r.custom_ids)
+            )
             for r in body.remove
         ],
         base=body.base,

@@ -61,7 +61,7 @@ class Remove:
     """Items of one batch (only ``custom_ids`` when given) left out of the new version."""
 
     batch_id: str
-    custom_ids: tuple[str, ...] | None = None
+    custom_ids: frozenset[str] | None = None
 
     def matches(self, batch_id: str, custom_id: str) -> bool:
         return batch_id == self.batch_id and (
@@ -84,7 +84,10 @@ class Rule:
             "base": base,
             "add": [a.describe() for a in self.add],
             "remove": [
-                {"batch_id": r.batch_id, "custom_ids": r.custom_ids and list(r.custom_ids)}
+                {
+                    "batch_id": r.batch_id,
+                    "custom_ids": None if r.custom_ids is None else sorted(r.custom_ids),
+                }
                 for r in self.remove
             ],
         }

@@ -18,6 +18,8 @@ ExportFormat = Literal[
 ]
 Label = Literal["golden", "fixed", "wrong", "skip"]
 ITEM_PREFIX = "citem_"
+# custom_ids per add/remove entry (an add's become one SQL IN list: SQLite takes 32,766)
+MAX_IDS = 10_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -34,12 +36,12 @@ class CollectionBody(APIObject):
 class AddRule(APIObject):
     batch_id: str = Field(max_length=64)
     labels: list[Label] = Field(default=["golden", "fixed"], min_length=1, max_length=4)
-    custom_ids: list[str] | None = Field(default=None, max_length=100_000)
+    custom_ids: list[str] | None = Field(default=None, max_length=MAX_IDS)
 
 
 class RemoveRule(APIObject):
     batch_id: str = Field(max_length=64)
-    custom_ids: list[str] | None = Field(default=None, max_length=100_000)
+    custom_ids: list[str] | None = Field(default=None, max_length=MAX_IDS)
 
 
 class VersionBody(APIObject):
