@@ -94,8 +94,29 @@ def parsed_fields(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def clean(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (an input line may hold
+    ``"\\ud800"``) replaced by U+FFFD, so each export writes valid UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
 def example(endpoint: str, pair: RequestPair, note: AnnotationRow) -> dict[str, Any]:
-    """The frozen example of one annotated request."""
+    """The frozen example of one annotated request (its text made valid Unicode)."""
+    cleaned: dict[str, Any] = clean(_example(endpoint, pair, note))
+    return cleaned
+
+
+def _example(endpoint: str, pair: RequestPair, note: AnnotationRow) -> dict[str, Any]:
     messages = prompt_messages(endpoint, pair.request)
     answer = answer_text(endpoint, pair.response)
     target = note.fixed_answer if note.label == "fixed" and note.fixed_answer else answer
