@@ -4,13 +4,11 @@ some labels, on top of an earlier version, minus some) and its items are frozen 
 (:mod:`.examples`), so exporting version N later gives the same bytes whatever happens
 to the annotations since.
 
-Storage, without a table of its own for versions: ``collections.version`` is the latest
-finished version, and each version has a *manifest* row in ``collection_items`` with an
-empty ``batch_id`` and ``custom_id`` whose ``example`` holds ``{"manifest": true, state,
-created_at, count, rule}``. The manifest is written first (``building``; its unique key
-reserves the number), the items in chunks, then the manifest turns ``ready`` and the
-collection's ``version`` moves on. A build that fails removes what it wrote; readers see
-only ``ready`` versions.
+Storage: ``collections.version`` is the latest finished version; a version's row in
+``collection_versions`` is written first (``building``: its unique key reserves the
+number), the items in chunks, then the version turns ``ready`` and the collection's
+``version`` moves on. A build that fails removes what it wrote; readers see only
+``ready`` versions.
 """
 
 from __future__ import annotations
@@ -29,12 +27,17 @@ from batch_server.curation.annotations import LABELS
 from batch_server.curation.requests import iter_pairs
 from batch_server.db.pages import Scope
 from batch_server.db.session import Database
-from batch_server.db.tables import AnnotationRow, BatchRow, CollectionItemRow, CollectionRow
+from batch_server.db.tables import (
+    AnnotationRow,
+    BatchRow,
+    CollectionItemRow,
+    CollectionRow,
+    CollectionVersionRow,
+)
 from batch_server.errors import APIError, Conflict, NotFound
 from batch_server.storage import FileStore
 
 ID_PREFIX = "coll_"
-MANIFEST = ""  # batch_id and custom_id of a version's manifest row
 CHUNK = 500
 DEFAULT_LABELS = ("golden", "fixed")
 
@@ -158,14 +161,24 @@ def find(db: Database, ident: str, scope: Scope, owner: str | None) -> Collectio
 def remove(db: Database, collection_id: str) -> None:
     with db.write() as s:
         s.execute(delete(CollectionItemRow).where(CollectionItemRow.collection_id == collection_id))
+        s.execute(
+            delete(CollectionVersionRow).where(CollectionVersionRow.collection_id == collection_id)
+        )
         s.execute(delete(CollectionRow).where(CollectionRow.id == collection_id))
 
 
 def versions(db: Database, collection_id: str) -> list[Version]:
     """The finished versions, oldest first."""
     with db.read() as s:
-        rows = s.execute(_manifests(collection_id).order_by(CollectionItemRow.version)).scalars()
-        return [_version(r) for r in rows if r.example.get("state") == "ready"]
+        rows = s.execute(
+            select(CollectionVersionRow)
+            .where(
+                CollectionVersionRow.collection_id == collection_id,
+                CollectionVersionRow.state == "ready",
+            )
+            .order_by(CollectionVersionRow.version)
+        ).scalars()
+        return [_version(r) for r in rows]
 
 
 def version(db: Database, collection: CollectionRow, number: int | None) -> int:
@@ -182,17 +195,8 @@ def version(db: Database, collection: CollectionRow, number: int | None) -> int:
     return wanted
 
 
-def _manifests(collection_id: str) -> Any:
-    return select(CollectionItemRow).where(
-        CollectionItemRow.collection_id == collection_id,
-        CollectionItemRow.batch_id == MANIFEST,
-        CollectionItemRow.custom_id == MANIFEST,
-    )
-
-
-def _version(row: CollectionItemRow) -> Version:
-    e = row.example
-    return Version(row.version, e["created_at"], e["count"], e["rule"], e.get("stats", {}))
+def _version(row: CollectionVersionRow) -> Version:
+    return Version(row.version, row.created_at, row.count, row.rule, row.stats or {})
 
 
 # -- items -----------------------------------------------------------------------------
@@ -226,7 +230,6 @@ def _items(collection_id: str, number: int) -> Any:
     return select(CollectionItemRow).where(
         CollectionItemRow.collection_id == collection_id,
         CollectionItemRow.version == number,
-        CollectionItemRow.batch_id != MANIFEST,
     )
 
 
@@ -248,26 +251,23 @@ def build(db: Database, store: FileStore, collection: CollectionRow, rule: Rule)
                     CollectionItemRow.version == number,
                 )
             )
+            s.execute(
+                delete(CollectionVersionRow).where(
+                    CollectionVersionRow.collection_id == collection.id,
+                    CollectionVersionRow.version == number,
+                )
+            )
         raise
     count = stats["added"] + stats["kept"]
     described = rule.describe(base)
-    manifest = {
-        "manifest": True,
-        "state": "ready",
-        "created_at": created_at,
-        "count": count,
-        "rule": described,
-        "stats": stats,
-    }
     with db.write() as s:
         s.execute(
-            update(CollectionItemRow)
+            update(CollectionVersionRow)
             .where(
-                CollectionItemRow.collection_id == collection.id,
-                CollectionItemRow.version == number,
-                CollectionItemRow.batch_id == MANIFEST,
+                CollectionVersionRow.collection_id == collection.id,
+                CollectionVersionRow.version == number,
             )
-            .values(example=manifest)
+            .values(state="ready", count=count, rule=described, stats=stats)
         )
         s.execute(
             update(CollectionRow)
@@ -288,30 +288,25 @@ def _base(db: Database, collection: CollectionRow, base: int | str | None) -> in
 
 
 def _reserve(db: Database, collection_id: str, rule: dict[str, Any]) -> tuple[int, int]:
-    """Write the manifest of the next version number (``building``)."""
+    """Write the next version number's row (``building``)."""
     now = int(time.time())
     for _ in range(20):
         try:
             with db.write() as s:
                 top = s.execute(
-                    select(func.max(CollectionItemRow.version)).where(
-                        CollectionItemRow.collection_id == collection_id
+                    select(func.max(CollectionVersionRow.version)).where(
+                        CollectionVersionRow.collection_id == collection_id
                     )
                 ).scalar()
                 number = (top or 0) + 1
                 s.add(
-                    CollectionItemRow(
+                    CollectionVersionRow(
                         collection_id=collection_id,
                         version=number,
-                        batch_id=MANIFEST,
-                        custom_id=MANIFEST,
-                        example={
-                            "manifest": True,
-                            "state": "building",
-                            "created_at": now,
-                            "count": 0,
-                            "rule": rule,
-                        },
+                        state="building",
+                        created_at=now,
+                        count=0,
+                        rule=rule,
                     )
                 )
             return number, now

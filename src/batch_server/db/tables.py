@@ -437,6 +437,24 @@ class CollectionRow(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)  # the latest version
 
 
+class CollectionVersionRow(Base):
+    """One version of a collection: the rule that built it and, once ``ready``, its item
+    count. It is written first (``building``: the unique key reserves the number), then
+    the items, then it turns ``ready``; readers see only ready versions."""
+
+    __tablename__ = "collection_versions"
+    __table_args__ = (UniqueConstraint("collection_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # building | ready
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    rule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
 class CollectionItemRow(Base):
     """One example of one version of a collection, frozen when the version was made: the
     request (prompt messages), the answer to learn from (a ``fixed`` annotation's

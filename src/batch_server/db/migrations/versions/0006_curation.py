@@ -1,5 +1,5 @@
-"""issue 15: annotations and their history, collections and their frozen items, Label
-Studio tasks
+"""issue 15: annotations and their history, collections with their versions and frozen
+items, Label Studio tasks
 
 Revision ID: 0006_curation
 Revises: 0005_models
@@ -15,6 +15,21 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "collection_versions",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("collection_id", sa.String(length=64), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("rule", sa.JSON(), nullable=False),
+        sa.Column("stats", sa.JSON(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_collection_versions")),
+        sa.UniqueConstraint(
+            "collection_id", "version", name=op.f("uq_collection_versions_collection_id")
+        ),
+    )
     op.create_table(
         "annotation_events",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -113,6 +128,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("collection_versions")
     with op.batch_alter_table("label_studio_tasks", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_label_studio_tasks_batch_id"))
 
