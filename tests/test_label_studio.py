@@ -129,6 +129,7 @@ class RoundTrip:
     bob: httpx.Client
     batch_id: str
     answers: dict[str, str]
+    keys: dict[str, str]
 
 
 def _client(cluster: Cluster, token: str) -> httpx.Client:
@@ -171,7 +172,7 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoundTrip]:
         lsapi = httpx.Client(
             base_url=ls.url, headers={"Authorization": f"Token {TOKEN}"}, timeout=60
         )
-        yield RoundTrip(ls, lsapi, cluster, alice, bob, batch.id, answers)
+        yield RoundTrip(ls, lsapi, cluster, alice, bob, batch.id, answers, tokens)
         lsapi.close()
         alice.close()
         bob.close()
@@ -297,13 +298,41 @@ def test_round_trip_five_tasks(rt: RoundTrip) -> None:
     assert (q4["label"], q4["fixed_answer"], q4["source"]) == ("fixed", "Green.", "label_studio")
 
 
-def test_filter_selects_requests(rt: RoundTrip) -> None:
-    r = _export(rt, {"filter": {"custom_ids": ["q/0", "q/3", "nope"], "limit": 1}})
-    assert r.status_code == 200, r.text
-    assert r.json()["tasks_created"] == 1 and r.json()["project_created"] is True
-    project = r.json()["project_id"]
+def _cli(rt: RoundTrip, *args: str) -> Any:
+    env = dict(
+        os.environ,
+        BATCH_SERVER_URL=rt.cluster.url,
+        BATCH_SERVER_API_KEY=rt.keys["alice"],
+        NO_COLOR="1",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "batch_server", "label-studio", *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_filter_selects_requests_from_the_cli(rt: RoundTrip) -> None:
+    out = _cli(
+        rt, "export", rt.batch_id, "--custom-id", "q/0", "--custom-id", "q/3", "--limit", "1"
+    )
+    assert out["tasks_created"] == 1 and out["project_created"] is True
+    project = out["project_id"]
+    tasks = rt.lsapi.get(
+        f"/api/projects/{project}/export",
+        params={"exportType": "JSON", "download_all_tasks": "true"},
+    ).json()
+    assert [t["data"]["custom_id"] for t in tasks] == ["q/0"]
     r = _export(rt, {"project_id": project, "filter": {"failed": True}})
     assert r.json()["tasks_created"] == 0  # every request was answered
+    r = _export(rt, {"project_id": project, "filter": {"labels": ["fixed", "none"]}})
+    assert r.json()["tasks_created"] == 2  # q/1 (fixed) and q/4 (fixed later) are here
+    pulled = _cli(rt, "import", rt.batch_id, "--project", str(project))
+    assert pulled["not_annotated"] == 3 and pulled["imported"] == 0
     bad = _export(rt, {"filter": {"labels": ["excellent"]}})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "filter"
 

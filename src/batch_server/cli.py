@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batch_server import client_commands, logs
+from batch_server import client_commands, label_studio_commands, logs
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -249,6 +249,9 @@ def _registry(settings: Settings) -> Registry:
 for _name, _command in client_commands.COMMANDS.items():
     if _name != "models":  # `models` is the group above
         app.command(_name)(_command)
+
+# The Label Studio round trip (label_studio_commands.py).
+app.add_typer(label_studio_commands.app, name="label-studio")
 
 
 if __name__ == "__main__":
