@@ -366,3 +366,27 @@ def test_unreachable_label_studio_is_a_clear_error(tmp_path: Path) -> None:
         assert dead in error["message"] and TOKEN not in r.text
     finally:
         cluster.close()
+
+
+def test_verdict_mapping() -> None:
+    """The rules of docs/label-studio.md "What maps to what" beyond the round trip."""
+    from batch_server.curation.label_studio import verdict
+
+    def v(*result: dict[str, Any], answer: str = "Red.", **extra: Any) -> Any:
+        return verdict({"result": list(result), **extra}, answer)
+
+    # a corrected answer wins over "golden" (the annotator edited it), not over "wrong"
+    golden_edited = v(choice("golden"), text("fixed_answer", "Blue."))
+    assert (golden_edited.label, golden_edited.fixed_answer) == ("fixed", "Blue.")
+    wrong = v(choice("wrong"), text("fixed_answer", "Blue."))
+    assert (wrong.label, wrong.fixed_answer) == ("wrong", None)
+    # the prediction left as it was is no correction
+    same = v(choice("golden"), text("fixed_answer", " Red. "))
+    assert (same.label, same.fixed_answer) == ("golden", None)
+    with pytest.raises(ValueError, match="fixed"):
+        v(choice("fixed"), text("fixed_answer", "Red."))
+    with pytest.raises(ValueError, match="without a verdict"):
+        v()
+    only_rating = v(rating(3))
+    assert (only_rating.label, only_rating.rating) == (None, 3)
+    assert v(was_cancelled=True).label == "skip"
