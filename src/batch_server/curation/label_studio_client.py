@@ -34,9 +34,10 @@ class LabelStudioError(Exception):
 
 class LabelStudio:
     def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
-        self.url = url.rstrip("/")
+        # what messages show: the URL without any user:password@ in it
+        self.url = str(httpx.URL(url.rstrip("/")).copy_with(username=None, password=None))
         self._http = httpx.Client(
-            base_url=self.url,
+            base_url=url.rstrip("/"),
             headers={"Authorization": f"Token {token}"},
             timeout=timeout,
             follow_redirects=False,
