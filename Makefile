@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 PIP_INSTALL := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet
 
-.PHONY: install install-test install-moderation install-vllm tcmalloc browser node-sdk wrk serve test lint bench bench-load postgres
+.PHONY: install install-test install-moderation install-vllm tcmalloc browser node-sdk labelstudio wrk serve test lint bench bench-load postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,19 @@ node-sdk:
 	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
 	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
+# Label Studio (a Django server with pins of its own) in a virtual environment of its own,
+# for tests/test_label_studio.py; the server talks to it over HTTP. sentry-sdk 3 breaks
+# label-studio 1.23's start ("Unknown option 'send_default_pii'"), hence the cap.
+LABEL_STUDIO_VENV ?= .venv-labelstudio
+LABEL_STUDIO_SPEC ?= label-studio>=1.23,<1.24
+$(LABEL_STUDIO_VENV)/.installed:
+	$(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet '$(LABEL_STUDIO_SPEC)' 'sentry-sdk>=2.16,<3'
+	touch $@
+
+labelstudio: $(LABEL_STUDIO_VENV)/.installed
+
 serve: install
 	$(VENV)/bin/batch-server serve $(ARGS)
 
@@ -78,11 +91,11 @@ postgres:
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
-test: install-test install-vllm postgres browser node-sdk
+test: install-test install-vllm postgres browser node-sdk labelstudio
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
-	$(PY) -m pytest $(PYTEST_ARGS)
+	BATCH_SERVER_TEST_LABEL_STUDIO_VENV=$(abspath $(LABEL_STUDIO_VENV)) $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_core.py

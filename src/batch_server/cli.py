@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batch_server import client_commands, collection_commands, logs
+from batch_server import client_commands, collection_commands, label_studio_commands, logs
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -253,6 +253,8 @@ for _name, _command in client_commands.COMMANDS.items():
 # Collections and their exports (issue 15), see collection_commands.py.
 app.command("export")(collection_commands.export)
 app.add_typer(collection_commands.collections_app, name="collections")
+# The Label Studio round trip (label_studio_commands.py).
+app.add_typer(label_studio_commands.app, name="label-studio")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -334,6 +334,18 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     webhook_progress_seconds: float = Field(
         default=30.0, description="At most one batch.progress event per batch this often"
+    )
+
+    # -- Label Studio (curation/label_studio.py) -----------------------------------------
+    label_studio_url: str | None = Field(
+        default=None,
+        description="Base URL of the Label Studio server that batches are sent to for review "
+        "(e.g. http://localhost:8080)",
+    )
+    label_studio_token: SecretStr | None = Field(
+        default=None,
+        description="Label Studio legacy API token (Account & Settings → Access Token); "
+        "a secret: never logged or returned",
     )
 
     # -- logs ----------------------------------------------------------------------------
