@@ -15,6 +15,7 @@ from batch_server import web
 from batch_server.api import admin, auth, batches, files, health, history, models, queue
 from batch_server.api import annotations as annotations_api
 from batch_server.api import metrics as metrics_api
+from batch_server.api import review as review_api
 from batch_server.api import webhooks as webhooks_api
 from batch_server.api.deps import invalid_parameter
 from batch_server.api.guards import EdgeGuard, JSONResponse
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         queue,
         history,
         annotations_api,
+        review_api,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)
