@@ -6,7 +6,9 @@ those verdicts. Screenshots go to test-artifacts/review-*.png; any console error
 
 from __future__ import annotations
 
+import json
 import math
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +182,40 @@ def test_review_api_tenancy_and_bad_parameters(reviewed: Reviewed) -> None:
     assert r.status_code == 400
 
 
-def position(page: Page) -> str:
-    return page.locator("#review-position").inner_text()
+def test_disagreement_between_the_models_of_a_comparison(reviewed: Reviewed) -> None:
+    """Two batches linked as a comparison (the row another module writes, inserted here):
+    a request is flagged where the other batch answered it differently."""
+    sdk = openai.OpenAI(base_url=f"{reviewed.cluster.url}/v1", api_key=reviewed.token)
+    ids = []
+    for variant in ("a", "b"):
+        lines = [
+            chat_line(
+                f"c{i}", f"Say a word about {'cats' if i < 2 or variant == 'a' else 'ships'}."
+            )
+            for i in range(4)
+        ]
+        file_id = sdk.files.create(file=("c.jsonl", jsonl(lines)), purpose="batch").id
+        batch = sdk.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert wait_for(sdk, batch.id, timeout=240).status == "completed"
+        ids.append(batch.id)
+    with sqlite3.connect(reviewed.cluster.tmp / "data" / "batch_server.db") as db:
+        db.execute(
+            "INSERT INTO comparisons (id, owner, created_at, input_file_id, endpoint, batches)"
+            " VALUES ('cmp_test', NULL, 0, 'file-x', '/v1/chat/completions', ?)",
+            (json.dumps({"model-a": ids[0], "model-b": ids[1]}),),
+        )
+    mine = review(reviewed.api, ids[0])["data"]
+    theirs = {i["custom_id"]: i["answer_text"] for i in review(reviewed.api, ids[1])["data"]}
+    flags = {i["custom_id"]: i["disagreement"] for i in mine}
+    assert flags == {i["custom_id"]: i["answer_text"] != theirs[i["custom_id"]] for i in mine}
+    assert flags["c2"] or flags["c3"]  # another prompt, another answer
+    # (the same prompt can be answered differently too: batched decoding is not bit-exact)
+    # without logprobs, least confident first puts the disagreements first
+    ordered = review(reviewed.api, ids[0], order="least_confident")["data"]
+    disagreeing = [i["disagreement"] for i in ordered]
+    assert disagreeing == sorted(disagreeing, reverse=True)
 
 
 def test_review_everything_with_the_keyboard(page: Page, reviewed: Reviewed) -> None:

@@ -274,11 +274,13 @@ def _least_confident(
     wanted = {key[3]: position for position, (key, _d) in enumerate(chosen)}
     found: list[Item | None] = [None] * len(chosen)
     disagreements = {key[3]: d for key, d in chosen}
+    missing = len(chosen)
     for pair in iter_pairs(db, store, batch, min(wanted)):
         position = wanted.get(pair.index)
         if position is not None:
             found[position] = Item(pair, confidence(pair.response), disagreements[pair.index])
-            if all(f is not None for f in found):
+            missing -= 1
+            if not missing:
                 break
     result.items = [f for f in found if f is not None]
     return result
