@@ -211,6 +211,16 @@
     $("review-answer").replaceChildren(answerView(item));
     $("review-meta").textContent = meta(item);
     $("review-verdict").replaceChildren(verdictView(item.annotation));
+    pressed(item.annotation || {});
+  }
+
+  // The toolbar shows the stored verdict: its label's and its rating's buttons pressed.
+  function pressed(a) {
+    const on = { g: a.label === "golden", w: a.label === "wrong", f: a.label === "fixed", s: a.label === "skip" };
+    [1, 2, 3, 4, 5].forEach((n) => { on[String(n)] = a.rating === n; });
+    document.querySelectorAll(".review-actions [data-key]").forEach((btn) => {
+      if (btn.dataset.key in on) btn.setAttribute("aria-pressed", String(on[btn.dataset.key]));
+    });
   }
 
   function say(message, bad = false) {
