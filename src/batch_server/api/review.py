@@ -27,6 +27,16 @@ def _choice(value: str, allowed: tuple[str, ...], param: str) -> str:
     return value
 
 
+def _storable(custom_id: str) -> bool:
+    """Whether the database can hold ``custom_id``: one with a lone surrogate (read from
+    an input file as it is) can have no annotation, and cannot be a query parameter."""
+    try:
+        custom_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @router.get("/v1/batches/{batch_id}/review", response_model=ReviewPage)
 def review_batch(
     batch_id: str,
@@ -46,7 +56,9 @@ def review_batch(
     batch = load(ctx, batch_id, who)
     found = review.page(ctx.db, ctx.store, batch, filter_name, order, offset, limit)
     counts = review.counts(ctx.db, batch)
-    notes = annotation_store.for_batch(ctx.db, batch.id, [i.pair.custom_id for i in found.items])
+    notes = annotation_store.for_batch(
+        ctx.db, batch.id, [i.pair.custom_id for i in found.items if _storable(i.pair.custom_id)]
+    )
     items = []
     for item in found.items:
         pair, text = item.pair, item.answer_text
