@@ -63,7 +63,8 @@ def _lines() -> list[dict]:
             extra["logprobs"] = True
         if i in (1, 7):  # answers that are JSON: shown as a tree
             extra = {"max_tokens": 16, "response_format": COLOUR}
-        lines.append(chat_line(f"q{i}", f"Name a colour and say why, {i}.", **extra))
+        markup = " <b>not bold</b>" if i == 9 else ""  # shown as text, never as HTML
+        lines.append(chat_line(f"q{i}", f"Name a colour and say why, {i}.{markup}", **extra))
     lines.append(chat_line("too-hot", "Hi", temperature=9))  # fails when it runs
     return lines
 
@@ -272,6 +273,8 @@ def test_review_everything_with_the_keyboard(page: Page, reviewed: Reviewed) -> 
     step("g", then="Request 8 of 11 · q7")
     step("w", then="Request 9 of 11 · q8")
     step("3", "s", then="Request 10 of 11 · q9")
+    expect(page.locator("#review-prompt")).to_contain_text("9. <b>not bold</b>")
+    expect(page.locator("#review-prompt b")).to_have_count(0)
     step("g", then="Request 11 of 11 · too-hot")
     expect(page.locator("#review-answer .error")).to_be_visible()  # a failed request
     keys.press("w")
