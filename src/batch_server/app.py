@@ -17,6 +17,7 @@ from batch_server.api import annotations as annotations_api
 from batch_server.api import collections as collections_api
 from batch_server.api import label_studio as label_studio_api
 from batch_server.api import metrics as metrics_api
+from batch_server.api import review as review_api
 from batch_server.api import webhooks as webhooks_api
 from batch_server.api.deps import invalid_parameter
 from batch_server.api.guards import EdgeGuard, JSONResponse
@@ -67,6 +68,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         annotations_api,
         collections_api,
         label_studio_api,
+        review_api,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)
