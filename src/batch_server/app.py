@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from batch_server import web
 from batch_server.api import admin, auth, batches, files, health, history, models, queue
+from batch_server.api import comparisons as comparisons_api
 from batch_server.api import metrics as metrics_api
 from batch_server.api import webhooks as webhooks_api
 from batch_server.api.deps import invalid_parameter
@@ -61,6 +62,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         metrics_api,
         queue,
         history,
+        comparisons_api,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)
