@@ -3,6 +3,7 @@ the price table behind every batch's ``cost``, and the comparison page in chromi
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,11 +311,23 @@ def test_comparison_page_in_chromium(server: Cluster, chat: dict[str, Any]) -> N
                 "data-agree", "false"
             )
 
-        # the batch page shows what its tokens would have cost, next to the engine time
-        page.goto(f"/ui/batches/{chat['runs'][0]['batch_id']}")
+        # the batch page shows what its tokens would have cost, next to the engine time,
+        # and links to the form that starts a comparison on its input
+        small = submit(server.client, [chat_line("s0", "Hi", max_tokens=8)])
+        page.goto(f"/ui/batches/{small.id}")
         expect(page.locator("#batch-cost")).to_contain_text("gpt-4o-mini")
-        page.get_by_role("link", name="compare models on this input").click()
-        expect(page.locator("#c-source")).to_have_value(chat["runs"][0]["batch_id"])
+        page.get_by_role("link", name="start a comparison on this input").click()
+        expect(page.locator("#c-source")).to_have_value(small.id)
+        page.get_by_label(SMOL, exact=True).check()
+        page.get_by_role("button", name="Start comparison").click()
+        expect(page.locator("#compare-error")).to_contain_text("2 to 8 models")
+        page.get_by_label(GEMMA, exact=True).check()
+        page.get_by_role("button", name="Start comparison").click()
+        page.wait_for_url(re.compile(r"/ui/comparisons/cmp_"))
+        expect(page.locator("#rows-table tbody tr[data-index]")).to_have_count(1)
+        started = ok(server.http.get(f"/v1/comparisons/{page.url.rsplit('/', 1)[1]}"))
+        assert set(started["models"]) == {SMOL, GEMMA}  # in the registry's order
+        assert started["input_file_id"] == small.input_file_id
         browser.close()
     assert errors == [], errors
 
@@ -363,3 +376,21 @@ def test_another_key_cannot_see_a_comparison(server: Cluster) -> None:
     assert pick["rater"] == "alice"
     for client in http.values():
         client.close()
+
+
+def test_price_table_overrides_and_reference() -> None:
+    table = prices.build({"my-model": prices.Price(0.5, 1.5)}, reference="gpt-4.1-mini")
+    assert table.reference == "gpt-4.1-mini" and table.date == "2026-12-07"
+    assert table.estimate(1_000_000, 2_000_000) == {
+        "reference": "gpt-4.1-mini",
+        "input_per_1m": 0.2,
+        "output_per_1m": 0.8,
+        "currency": "USD",
+        "estimated": pytest.approx(1.8),
+        "table_date": "2026-12-07",
+    }
+    assert table.estimate(2_000_000, 0, name="my-model")["estimated"] == 1.0
+    assert table.estimate(1, 1, name="unknown") is None
+    assert "my-model" in table.source
+    with pytest.raises(ValueError, match="not in the price table"):
+        prices.build(reference="gpt-9")

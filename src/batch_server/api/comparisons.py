@@ -14,7 +14,7 @@ from batch_server.api.batch_creation import load
 from batch_server.api.deps import Ctx, check_limit, invalid_parameter, json_payload, verbatim
 from batch_server.api.files import get_file
 from batch_server.api.guards import JSONResponse
-from batch_server.api.openapi import errors
+from batch_server.api.openapi import errors, json_body
 from batch_server.app_context import AppContext
 from batch_server.db.tables import ComparisonRow
 from batch_server.errors import APIError, NotFound
@@ -91,7 +91,7 @@ def _object(ctx: AppContext, row: ComparisonRow, with_agreement: bool) -> Compar
     return Comparison.model_validate(comparisons.comparison_object(ctx.db, row, batches, agreement))
 
 
-@router.post("", responses=errors(404, 429))
+@router.post("", openapi_extra=json_body(CreateComparisonBody), responses=errors(404, 429))
 async def create_comparison(request: Request, ctx: Ctx, who: Auth) -> Comparison:
     """One linked batch per model on the same input, through the normal queue."""
     row = start(ctx, _body(await json_payload(request)), who)
@@ -164,7 +164,9 @@ def _pick_target(
     return row
 
 
-@router.put("/{comparison_id}/picks/{custom_id}", responses=errors(404))
+@router.put(
+    "/{comparison_id}/picks/{custom_id}", openapi_extra=json_body(PickBody), responses=errors(404)
+)
 async def put_pick(
     comparison_id: str, custom_id: str, request: Request, ctx: Ctx, who: Auth
 ) -> Pick:

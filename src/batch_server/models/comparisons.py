@@ -272,11 +272,25 @@ def rows(
 def agreement(
     db: Database, store: FileStore, row: ComparisonRow, batches: dict[str, BatchRow]
 ) -> dict[str, Any]:
-    """Agreement over every request (one streamed pass over the input and the results)."""
+    """Agreement over every request (one streamed pass over the input and the results);
+    kept once every batch has ended, as it cannot change any more."""
+    if row.id in _ENDED:
+        return _ENDED[row.id]
+    runs = linked(row, batches)
+    ended = len(runs) == len(row.batches) and all(b.status not in LIVE for b in runs)
     counter = AgreementCounter(list(row.batches))
     for item in rows(db, store, row, batches):
         counter.add(item)
-    return counter.result()
+    result = counter.result()
+    if ended:
+        if len(_ENDED) >= ENDED_KEPT:
+            _ENDED.pop(next(iter(_ENDED)))
+        _ENDED[row.id] = result
+    return result
+
+
+ENDED_KEPT = 256
+_ENDED: dict[str, dict[str, Any]] = {}  # agreement of comparisons whose batches all ended
 
 
 def row_object(item: Row, models: list[str], pick: dict[str, Any] | None) -> dict[str, Any]:
