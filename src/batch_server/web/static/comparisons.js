@@ -153,6 +153,35 @@
     if (cell.dataset.pick && cell.dataset.pick !== "tie") showPickedCell(row, cell.dataset.pick);
   });
 
+  // While the batches run: their status and counts every 3 s (one cheap batch read each);
+  // the page reloads with all answers once every batch has ended, unless you are picking.
+  const status = document.getElementById("comparison-status");
+  if (status && status.textContent === "in_progress") {
+    const ids = status.dataset.batchIds.split(",");
+    const ended = ["completed", "failed", "expired", "cancelled"];
+    const timer = setInterval(async () => {
+      try {
+        const batches = await Promise.all(ids.map(async (b) => {
+          const resp = await fetch(`/v1/batches/${b}`, { headers: { Accept: "application/json" } });
+          if (!resp.ok) throw new Error(`${b}: ${resp.status}`);
+          return resp.json();
+        }));
+        batches.forEach((b) => {
+          const badge = document.querySelector(`[data-run-status="${b.id}"]`);
+          if (badge) { badge.textContent = b.status; badge.className = `badge state-${b.status}`; }
+          const counts = document.querySelector(`[data-run-counts="${b.id}"]`);
+          const c = b.request_counts;
+          if (counts) counts.textContent = `${c.completed + c.failed}/${c.total}`;
+        });
+        if (batches.every((b) => ended.includes(b.status))) {
+          clearInterval(timer);
+          if (current < 0) window.location.reload();
+          else announce("Every model has finished: reload the page for all answers.");
+        }
+      } catch (err) { announce(`Update failed: ${err.message}`); }
+    }, 3000);
+  }
+
   function showPickedCell(row, model) {
     row.querySelectorAll("td.answer").forEach((td) => td.classList.toggle("picked", td.dataset.model === model));
   }
