@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -264,7 +264,7 @@ def rows(
     row: ComparisonRow,
     batches: dict[str, BatchRow],
     after: int = -1,
-) -> Any:
+) -> Iterator[Row]:
     """:func:`iter_rows` of the comparison."""
     return iter_rows(db, store, row.input_file_id, linked(row, batches), after)
 
