@@ -394,3 +394,84 @@ def test_price_table_overrides_and_reference() -> None:
     assert "my-model" in table.source
     with pytest.raises(ValueError, match="not in the price table"):
         prices.build(reference="gpt-9")
+
+
+def test_rows_join_running_results_and_finished_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row stream on a real database and file store: one model's batch still running
+    (answers in the results table, read a chunk at a time), the other finalized (answers in
+    its output and error files); requests not answered yet are gaps, not shifts."""
+    import json
+
+    from batch_server.config import Settings
+    from batch_server.db.session import Database
+    from batch_server.db.tables import BatchRow, ResultRow
+    from batch_server.models import comparison_rows
+    from batch_server.storage import make_store
+
+    monkeypatch.setattr(comparison_rows, "CHUNK", 2)
+    settings = Settings(data_dir=tmp_path, default_model=None)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    store = make_store(settings)
+
+    def put(key: str, lines: list[dict[str, Any]]) -> None:
+        with store.writer(key) as w:
+            w.write(jsonl(lines))
+
+    def answer(custom_id: str, text: str) -> dict[str, Any]:
+        body = {"object": "chat.completion", "choices": [{"message": {"content": text}}]}
+        return {"id": "x", "custom_id": custom_id, "response": {"status_code": 200, "body": body}}
+
+    failed = {
+        "id": "x",
+        "custom_id": "r2",
+        "response": None,
+        "error": {"code": "e", "message": "boom"},
+    }
+    put("input", [chat_line(f"r{i}", f"question {i}") for i in range(6)])
+    put("out", [answer(f"r{i}", f"A{i}") for i in (0, 1, 3, 4, 5)])
+    put("err", [failed])
+    batch = dict(endpoint="/v1/chat/completions", input_file_id="input", completion_window="24h")
+    with db.write() as s:
+        s.add(
+            BatchRow(
+                id="b_done",
+                status="completed",
+                output_file_id="out",
+                error_file_id="err",
+                created_at=0,
+                expires_at=1,
+                **batch,
+            )
+        )
+        s.add(BatchRow(id="b_live", status="in_progress", created_at=0, expires_at=1, **batch))
+        for i, text in ((0, "A0"), (1, "B1"), (3, "A3 "), (5, "B5")):  # 2 and 4 not done yet
+            s.add(
+                ResultRow(
+                    batch_id="b_live",
+                    request_index=i,
+                    is_error=False,
+                    payload=json.dumps(answer(f"r{i}", text)),
+                )
+            )
+    with db.read() as s:
+        batches = [s.get(BatchRow, 1), s.get(BatchRow, 2)]
+    rows = list(comparison_rows.iter_rows(db, store, "input", batches))
+    seen = [(r.custom_id, [a and (a.text or a.error) for a in r.answers], r.agree) for r in rows]
+    assert seen == [
+        ("r0", ["A0", "A0"], True),
+        ("r1", ["A1", "B1"], False),
+        ("r2", ["boom", None], None),
+        ("r3", ["A3", "A3 "], True),
+        ("r4", ["A4", None], None),
+        ("r5", ["A5", "B5"], False),
+    ]
+    assert rows[2].prompt == "question 2"
+    later = list(comparison_rows.iter_rows(db, store, "input", batches, after=3))
+    assert [r.custom_id for r in later] == ["r4", "r5"] and later[1].answers[1].text == "B5"
+    counter = comparison_rows.AgreementCounter(["a", "b"])
+    for r in rows:
+        counter.add(r)
+    assert counter.result()["requests"] == 4 and counter.result()["exact_match"] == 0.5

@@ -146,6 +146,9 @@ class _LiveCursor:
         self.buffer, self.pos = [(r[0], r[1]) for r in rows], 0
         self.done = len(rows) < CHUNK
 
+    def skip(self, index: int, custom_id: str | None) -> None:
+        """Nothing to do: reading starts at the first index taken."""
+
     def take(self, index: int, _custom_id: str | None) -> Answer | None:
         while True:
             while self.pos < len(self.buffer) and self.buffer[self.pos][0] < index:
@@ -175,6 +178,10 @@ class _FileCursor:
             for raw in fh:
                 if raw.strip():
                     yield json.loads(raw)
+
+    def skip(self, index: int, custom_id: str | None) -> None:
+        """Move past the request's answer (the files can only be read from the start)."""
+        self.take(index, custom_id)
 
     def take(self, _index: int, custom_id: str | None) -> Answer | None:
         for i, head in enumerate(self.heads):
@@ -207,9 +214,12 @@ def iter_rows(
                 obj = {}
             obj = obj if isinstance(obj, dict) else {}
             custom_id = obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else None
+            if index <= after:
+                for c in cursors:
+                    c.skip(index, custom_id)
+                continue
             answers = [c.take(index, custom_id) for c in cursors]
-            if index > after:
-                yield Row(index, custom_id, prompt_of(obj), answers)
+            yield Row(index, custom_id, prompt_of(obj), answers)
 
 
 def page(rows: Iterator[Row], limit: int, disagree: bool = False) -> tuple[list[Row], bool]:
