@@ -10,18 +10,14 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from batch_server.api.auth import Auth, Principal
-from batch_server.api.batch_creation import load
+from batch_server.api.comparison_creation import rows_page, start
 from batch_server.api.deps import Ctx, check_limit, invalid_parameter, json_payload, verbatim
-from batch_server.api.files import get_file
 from batch_server.api.guards import JSONResponse
 from batch_server.api.openapi import errors, json_body
 from batch_server.app_context import AppContext
 from batch_server.db.tables import ComparisonRow
 from batch_server.errors import APIError, NotFound
-from batch_server.jobs import admission
-from batch_server.jobs.manager import InputGone
-from batch_server.models import comparison_rows, comparisons
-from batch_server.openai_types import CreateBatchBody
+from batch_server.models import comparisons
 from batch_server.openai_types.comparisons import (
     Comparison,
     ComparisonList,
@@ -34,53 +30,12 @@ from batch_server.openai_types.comparisons import (
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], responses=errors(400, 401))
 
-DEFAULT_ENDPOINT = "/v1/chat/completions"
-
 
 def _body(payload: Any) -> CreateComparisonBody:
     try:
         return CreateComparisonBody.model_validate(payload)
     except ValidationError as exc:
         raise invalid_parameter(exc.errors()[0]) from exc
-
-
-def start(ctx: AppContext, body: CreateComparisonBody, who: Principal) -> ComparisonRow:
-    """Check everything first (models, source, each batch's admission), then create the
-    batches and the comparison. Shared by the API and the dashboard's form."""
-    registry = ctx.models.current()
-    models = comparisons.resolve_models(registry, body.models)
-    if (body.input_file_id is None) == (body.batch_id is None):
-        raise APIError(
-            "Give either 'input_file_id' or 'batch_id' (whose input is compared)",
-            param="input_file_id",
-            code="invalid_value",
-        )
-    input_file_id, endpoint = body.input_file_id, body.endpoint
-    if body.batch_id is not None:
-        source = load(ctx, body.batch_id, who)
-        input_file_id, endpoint = source.input_file_id, endpoint or source.endpoint
-    assert input_file_id is not None
-    admitted = [
-        admission.admit(
-            ctx.settings,
-            registry,
-            ctx.db,
-            CreateBatchBody(
-                input_file_id=input_file_id,
-                endpoint=endpoint or DEFAULT_ENDPOINT,
-                completion_window=body.completion_window,
-                metadata=body.metadata,
-                model=model,
-            ),
-            lambda file_id: get_file(ctx, file_id, who),
-            who.owner,
-        )
-        for model in models
-    ]
-    try:
-        return comparisons.create(ctx.db, ctx.jobs, admitted, body.metadata)
-    except InputGone as exc:
-        raise NotFound("file", input_file_id, param="input_file_id") from exc
 
 
 def _object(ctx: AppContext, row: ComparisonRow, with_agreement: bool) -> Comparison:
@@ -117,26 +72,6 @@ def retrieve_comparison(comparison_id: str, ctx: Ctx, who: Auth) -> Comparison:
     """Each model's run (status, counts, throughput, tokens, cost) and the agreement."""
     row = comparisons.get(ctx.db, comparison_id, who.owns)
     return _object(ctx, row, with_agreement=True)
-
-
-def rows_page(
-    ctx: AppContext, row: ComparisonRow, after: int, limit: int, disagree: bool
-) -> dict[str, Any]:
-    """A page of the comparison's rows, as the rows route returns it (and the page shows)."""
-    batches = comparisons.batches_of(ctx.db, [row])
-    items, more = comparison_rows.page(
-        comparisons.rows(ctx.db, ctx.store, row, batches, after), limit, disagree
-    )
-    picks = comparisons.picks_for(ctx.db, row.id, [i.custom_id for i in items if i.custom_id])
-    models = list(row.batches)
-    return {
-        "object": "list",
-        "comparison_id": row.id,
-        "models": models,
-        "data": [comparisons.row_object(i, models, picks.get(i.custom_id or "")) for i in items],
-        "has_more": more,
-        "next_after": items[-1].index if more and items else None,
-    }
 
 
 @router.get("/{comparison_id}/rows", response_model=ComparisonRows, responses=errors(404, 422))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from batch_server.api.auth import Principal
-from batch_server.api.comparisons import rows_page, start
+from batch_server.api.comparison_creation import rows_page, start
 from batch_server.api.deps import Ctx
 from batch_server.api.uploads import form_text, read_form
 from batch_server.app_context import AppContext
