@@ -15,6 +15,7 @@ from batch_server import web
 from batch_server.api import admin, auth, batches, files, health, history, models, queue
 from batch_server.api import annotations as annotations_api
 from batch_server.api import collections as collections_api
+from batch_server.api import comparisons as comparisons_api
 from batch_server.api import label_studio as label_studio_api
 from batch_server.api import metrics as metrics_api
 from batch_server.api import review as review_api
@@ -69,6 +70,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         collections_api,
         label_studio_api,
         review_api,
+        comparisons_api,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)

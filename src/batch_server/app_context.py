@@ -13,6 +13,7 @@ from batch_server.db.session import Database
 from batch_server.gpu import GpuMonitor
 from batch_server.jobs.manager import JobManager
 from batch_server.keys import KeyCache
+from batch_server.models import prices
 from batch_server.models.registry import ModelRegistry
 from batch_server.storage import FileStore, make_store
 from batch_server.wakeup import Wakeup
@@ -44,6 +45,7 @@ class AppContext:
         wake = Wakeup(db)
         models = ModelRegistry(db, settings)
         models.seed()
+        prices.use(prices.from_settings(settings))
         return cls(
             settings=settings,
             db=db,

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -209,6 +209,16 @@ def default_models() -> dict[str, ModelSpec]:
     }
 
 
+class PriceSpec(BaseModel):
+    """A price per 1M input and output tokens (the ``prices`` setting)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+    currency: str = "USD"
+
+
 class Settings(BaseSettings):
     """All configuration of a server or worker process."""
 
@@ -346,6 +356,16 @@ class Settings(BaseSettings):
         default=None,
         description="Label Studio legacy API token (Account & Settings → Access Token); "
         "a secret: never logged or returned",
+    )
+
+    # -- prices (see batch_server.models.prices) ------------------------------------------
+    prices: dict[str, PriceSpec] = Field(
+        default_factory=dict,
+        description="Prices per 1M tokens by model id or reference name, over the shipped table",
+    )
+    price_reference: str = Field(
+        default="gpt-4o-mini",
+        description="The price a batch's cost estimate uses: a name in the price table",
     )
 
     # -- logs ----------------------------------------------------------------------------

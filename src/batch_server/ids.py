@@ -43,3 +43,8 @@ def tool_call_id() -> str:
 
 def token() -> str:
     return secrets.token_hex(16)
+
+
+def comparison_id() -> str:
+    """A comparison (``POST /v1/comparisons``), an extension object."""
+    return f"cmp_{secrets.token_hex(16)}"

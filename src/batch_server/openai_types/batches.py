@@ -12,6 +12,7 @@ from sqlalchemy import Row
 from batch_server.db.tables import BatchRow
 from batch_server.openai_types.bodies import Endpoint
 from batch_server.openai_types.common import APIObject, Identified, ListObject
+from batch_server.openai_types.costs import CostEstimate, estimate
 from batch_server.statuses import BatchStatus
 
 
@@ -78,6 +79,9 @@ class Batch(Identified):
     usage: BatchUsage
     metadata: dict[str, str] | None
     priority: int = Field(description="An extension: higher runs first")
+    cost: CostEstimate | None = Field(
+        description="An extension: the batch's tokens at the price table's reference price"
+    )
 
     @classmethod
     def from_row(cls, row: BatchRow | Row[Any]) -> Batch:
@@ -113,6 +117,7 @@ class Batch(Identified):
             ),
             metadata=row.metadata_,
             priority=row.priority,
+            cost=estimate(row.input_tokens, row.output_tokens),
         )
 
 
