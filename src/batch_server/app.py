@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from batch_server import web
-from batch_server.api import admin, auth, batches, files, health, history, models, queue
+from batch_server.api import admin, auth, batches, benchmarks, files, health, history, models, queue
 from batch_server.api import metrics as metrics_api
 from batch_server.api import webhooks as webhooks_api
 from batch_server.api.deps import invalid_parameter
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         metrics_api,
         queue,
         history,
+        benchmarks,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)

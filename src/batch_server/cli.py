@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batch_server import client_commands, logs
+from batch_server import bench_command, client_commands, logs
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -249,6 +249,10 @@ def _registry(settings: Settings) -> Registry:
 for _name, _command in client_commands.COMMANDS.items():
     if _name != "models":  # `models` is the group above
         app.command(_name)(_command)
+
+
+# Benchmarks, over HTTP: see bench_command.py.
+app.command("bench")(bench_command.bench)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pydantic import Field
 from sqlalchemy import Row
 
 from batch_server.db.tables import BatchRow
+from batch_server.openai_types.benchmarks import BatchRun
 from batch_server.openai_types.bodies import Endpoint
 from batch_server.openai_types.common import APIObject, Identified, ListObject
 from batch_server.statuses import BatchStatus
@@ -78,6 +79,11 @@ class Batch(Identified):
     usage: BatchUsage
     metadata: dict[str, str] | None
     priority: int = Field(description="An extension: higher runs first")
+    provenance: list[BatchRun] | None = Field(
+        default=None,
+        description="An extension, in `GET /v1/batches/{id}` only (null elsewhere): what "
+        "produced the results, one entry per model and worker that ran the batch",
+    )
 
     @classmethod
     def from_row(cls, row: BatchRow | Row[Any]) -> Batch:

@@ -154,6 +154,7 @@ def batches_page(
     since: str = "",
     until: str = "",
     after: str | None = None,
+    include_benchmarks: bool = False,
 ) -> HTMLResponse:
     error = None
     try:
@@ -163,6 +164,7 @@ def batches_page(
             q=q or None,
             since=_date(since, "since"),
             until=_date(until, "until", end_of_day=True),
+            include_benchmarks=include_benchmarks,
         )
         rows, more = history_page(
             ctx.db, ctx.models.current().aliases(), filters, 25, after or None
@@ -170,6 +172,8 @@ def batches_page(
     except APIError as exc:
         error, rows, more = exc.message, [], False
     form = {"status": status, "model": model, "q": q, "since": since, "until": until}
+    if include_benchmarks:
+        form["include_benchmarks"] = "true"
     return render(
         request,
         "batches.html",
