@@ -120,10 +120,4 @@ def retrieve_benchmark(benchmark_id: str, ctx: Ctx, who: Auth) -> Benchmark:
 
 
 def objects(ctx: AppContext, rows: list[BenchmarkRow]) -> list[Benchmark]:
-    """The benchmarks as objects, the figures of those whose batch has ended measured."""
-    batches = benchmarks.batches_of(ctx.db, rows)
-    benchmarks.settle(ctx.db, rows, batches)
-    return [
-        Benchmark.model_validate(benchmarks.benchmark_object(r, batches.get(r.batch_id)))
-        for r in rows
-    ]
+    return [Benchmark.model_validate(b) for b in benchmarks.objects(ctx.db, rows)]

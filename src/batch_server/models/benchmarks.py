@@ -190,6 +190,14 @@ def batches_of(db: Database, rows: Iterable[BenchmarkRow]) -> dict[str, BatchRow
         return {b.id: b for b in found}
 
 
+def objects(db: Database, rows: list[BenchmarkRow]) -> list[dict[str, Any]]:
+    """The benchmarks as JSON-ready objects, the figures of those whose batch has ended
+    measured first."""
+    batches = batches_of(db, rows)
+    settle(db, rows, batches)
+    return [benchmark_object(r, batches.get(r.batch_id)) for r in rows]
+
+
 def benchmark_object(row: BenchmarkRow, batch: BatchRow | None) -> dict[str, Any]:
     """The Benchmark object as JSON-ready data."""
     prov = row.provenance or {}

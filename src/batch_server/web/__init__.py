@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from batch_server.web import benchmark_pages
 from batch_server.web.pages import LoginRequired, login_redirect, login_router, router
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -16,5 +17,6 @@ STATIC_DIR = Path(__file__).parent / "static"
 def install(app: FastAPI) -> None:
     app.include_router(login_router)
     app.include_router(router)
+    app.include_router(benchmark_pages.router)
     app.add_exception_handler(LoginRequired, login_redirect)  # type: ignore[arg-type]
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="static")

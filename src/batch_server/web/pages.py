@@ -33,6 +33,7 @@ from batch_server.errors import APIError
 from batch_server.jobs import reports
 from batch_server.jobs.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
 from batch_server.jobs.lifecycle import LIVE
+from batch_server.models import provenance
 from batch_server.openai_types import SUPPORTED_ENDPOINTS
 
 
@@ -223,6 +224,7 @@ def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: Offset = 0) ->
         pairs=pairs,
         offset=offset,
         more_pairs=more_pairs,
+        provenance=provenance.runs_of(ctx.db, batch_id),
     )
 
 
