@@ -51,6 +51,7 @@ BATCH_KEYS = [
     "usage",
     "metadata",
     "priority",
+    "provenance",
 ]
 
 
