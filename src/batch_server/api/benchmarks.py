@@ -8,12 +8,14 @@ import io
 import json
 import time
 from contextlib import suppress
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from batch_server.api.auth import Auth
+from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, check_limit
 from batch_server.api.files import get_file, store_upload
 from batch_server.api.openapi import errors
@@ -29,7 +31,18 @@ from batch_server.models import benchmarks
 from batch_server.openai_types import SUPPORTED_ENDPOINTS, CreateBatchBody
 from batch_server.openai_types.benchmarks import Benchmark, BenchmarkList, CreateBenchmarkBody
 
+CHAT_COMPLETIONS = "/v1/chat/completions"
+
 router = APIRouter(prefix="/v1/benchmarks", tags=["benchmarks"], responses=errors(400, 401))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    file_id: str
+    name: str  # "generated", or the input file's id
+    requests: int
+    max_tokens: int | None
+    endpoint: str
 
 
 @router.post("", responses=errors(403, 404, 422, 429))
@@ -41,37 +54,53 @@ async def create_benchmark(body: CreateBenchmarkBody, ctx: Ctx, who: Auth) -> Be
     if model is None:
         raise NotFound("model", body.model, param="model")
     admission.check_available(registry, model)
-    bench_id = benchmarks.benchmark_id()
     if body.input_file_id:
-        source = get_file(ctx, body.input_file_id, who)
-        count, endpoint = _shape(ctx, source.id)
-        file_id, dataset, requests, max_tokens = source.id, source.id, count, None
+        try:
+            source = get_file(ctx, body.input_file_id, who)
+        except NotFound:
+            raise NotFound("file", body.input_file_id, param="input_file_id") from None
+        count, endpoint = await run_in_threadpool(_shape, ctx, source.id)
+        dataset = Dataset(source.id, source.id, count, None, endpoint)
     else:
         data = benchmarks.generated_dataset(body.requests, body.max_tokens, model)
         upload = UploadFile(io.BytesIO(data), filename=f"benchmark-{model}-{body.requests}.jsonl")
         stored = await store_upload(ctx, upload, "batch", who)
-        file_id, dataset, requests = stored.id, benchmarks.GENERATED, body.requests
-        endpoint, max_tokens = "/v1/chat/completions", body.max_tokens
-    metadata = {"benchmark_id": bench_id, INCLUDE_IN_HISTORY: str(body.include_in_history).lower()}
+        dataset = Dataset(
+            stored.id, benchmarks.GENERATED, body.requests, body.max_tokens, CHAT_COMPLETIONS
+        )
+    return await run_in_threadpool(_queue, ctx, who, model, dataset, body.include_in_history)
+
+
+def _queue(
+    ctx: AppContext, who: Principal, model: str, dataset: Dataset, in_history: bool
+) -> Benchmark:
+    """The benchmark's batch through the usual admission, then its row."""
+    bench_id = benchmarks.benchmark_id()
+    metadata = {"benchmark_id": bench_id, INCLUDE_IN_HISTORY: str(in_history).lower()}
     create = CreateBatchBody(
-        input_file_id=file_id, endpoint=endpoint, model=model, metadata=metadata
+        input_file_id=dataset.file_id, endpoint=dataset.endpoint, model=model, metadata=metadata
     )
     new = admission.admit(
-        ctx.settings, registry, ctx.db, create, lambda f: get_file(ctx, f, who), who.owner
+        ctx.settings,
+        ctx.models.current(),
+        ctx.db,
+        create,
+        lambda f: get_file(ctx, f, who),
+        who.owner,
     )
     try:
         batch = ctx.jobs.create_batch(dataclasses.replace(new, kind="benchmark"))
     except InputGone as exc:
-        raise NotFound("file", file_id, param="input_file_id") from exc
+        raise NotFound("file", dataset.file_id, param="input_file_id") from exc
     row = BenchmarkRow(
         id=bench_id,
         model=model,
         batch_id=batch.id,
         owner=who.owner,
         created_at=int(time.time()),
-        dataset=dataset,
-        requests=requests,
-        max_tokens=max_tokens,
+        dataset=dataset.name,
+        requests=dataset.requests,
+        max_tokens=dataset.max_tokens,
     )
     with ctx.db.write() as s:
         s.add(row)
@@ -81,7 +110,7 @@ async def create_benchmark(body: CreateBenchmarkBody, ctx: Ctx, who: Auth) -> Be
 def _shape(ctx: AppContext, file_id: str) -> tuple[int, str]:
     """Lines of a batch input file and its first line's endpoint (validation judges the
     lines themselves, as for any batch)."""
-    count, endpoint = 0, "/v1/chat/completions"
+    count, endpoint = 0, CHAT_COMPLETIONS
     with ctx.store.open(file_id) as fh:
         for line in iter_lines(fh):
             if count == 0:
