@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 
 from batch_server.api.auth import Auth, Principal
 from batch_server.api.deps import Ctx, check_limit
-from batch_server.api.files import get_file, store_upload
+from batch_server.api.files import creation_limits, get_file, store_upload
 from batch_server.api.openapi import errors
 from batch_server.app_context import AppContext
 from batch_server.db.pages import paginate
@@ -49,6 +49,7 @@ class Dataset:
 async def create_benchmark(body: CreateBenchmarkBody, ctx: Ctx, who: Auth) -> Benchmark:
     """Queue a benchmark batch of ``model`` on the generated dataset (``requests`` chat
     requests of ``max_tokens``) or on ``input_file_id``, every line run on ``model``."""
+    creation_limits(ctx, who)  # the key's creation rate, as for files and batches
     registry = ctx.models.current()
     model = registry.resolve(body.model)
     if model is None:
