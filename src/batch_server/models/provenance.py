@@ -228,7 +228,8 @@ class RunLog:
                             batch_id=batch_id,
                             model=model,
                             worker=self.worker_id,
-                            started_at=time.time(),
+                            # a load for this batch is part of its run
+                            started_at=time.time() - (load_seconds or 0.0),
                             load_seconds=load_seconds,
                             provenance=record(),
                         )

@@ -56,7 +56,9 @@ class BatchRun(APIObject):
 
     model: str
     worker: str
-    started_at: float = Field(description="Unix time the batch first ran on this worker")
+    started_at: float = Field(
+        description="Unix time the batch started on this worker (its engine load included)"
+    )
     first_result_at: float | None
     load_seconds: float | None = Field(
         description="Engine load time, when the engine was loaded for this batch "
