@@ -11,7 +11,15 @@
 Prints the absolute and relative error of the predictions made at 10/25/50/75/90 % of each
 batch's waiting-plus-running time, and the mean relative error of ours vs the baseline.
 
-Run: ``.venv/bin/python benchmarks/bench_eta.py``
+With ``--benchmark``: how good is an ETA taken from a benchmark, for a model with no
+traffic? On a fresh server, a benchmark of ``--bench-requests`` generated requests
+(``POST /v1/benchmarks``: candidate-profile prompts, ``--bench-max-tokens``) runs first;
+then a real batch of ``--batch-requests`` requests of another shape (short story prompts,
+``--batch-max-tokens``) is submitted. Prints the ETA of ``GET /v1/queue`` right after the
+batch starts (basis ``benchmark``: its model has no traffic of its own), the actual
+duration from that moment, and the error.
+
+Run: ``.venv/bin/python benchmarks/bench_eta.py [--benchmark]``
 """
 
 from __future__ import annotations
@@ -92,13 +100,82 @@ def error_at(points: list[tuple[float, float | None]], track: Track, frac: float
     return predicted - track.finished, abs(predicted - track.finished) / max(remaining, 1.0)
 
 
+def benchmark_eta(args: argparse.Namespace) -> None:
+    """The ``--benchmark`` run (see the module's docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(Path(tmp))
+        try:
+            http = httpx.Client(base_url=url, timeout=60)
+            body = {
+                "model": "smollm2-135m-instruct",
+                "requests": args.bench_requests,
+                "max_tokens": args.bench_max_tokens,
+            }
+            bench = http.post("/v1/benchmarks", json=body).json()
+            wait(http, bench["batch_id"])
+            bench = http.get(f"/v1/benchmarks/{bench['id']}").json()
+            batch_id = submit(http, requests(args.batch_requests, args.batch_max_tokens))
+            first: tuple[float, dict] | None = None  # (when, eta) once the batch runs
+            seen: set[str] = set()
+            while True:
+                entry = next(
+                    (e for e in http.get("/v1/queue").json()["data"] if e["id"] == batch_id),
+                    None,
+                )
+                if entry is None:
+                    break
+                seen.add(entry["eta"]["basis"])
+                if first is None and entry["state"] == "running":
+                    first = (time.time(), entry["eta"])
+                time.sleep(args.poll)
+            wait(http, batch_id)
+            ended = time.time()
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    f = bench["figures"]
+    print(
+        f"model: smollm2-135m-instruct (llama.cpp, {os.cpu_count()} CPU cores); benchmark "
+        f"{bench['id']}: {args.bench_requests} generated requests (max_tokens "
+        f"{args.bench_max_tokens}): {f['requests_per_second']:.2f} req/s, "
+        f"{f['output_tokens_per_second']:.1f} output tok/s of engine time "
+        f"({f['output_tokens'] / max(f['requests'], 1):.1f} output tokens a request)"
+    )
+    print(
+        f"batch: {args.batch_requests} story requests (max_tokens {args.batch_max_tokens}); "
+        f"ETA bases seen in the queue: {', '.join(sorted(seen))}"
+    )
+    if first is None:
+        print("the batch was never seen running (it finished between two polls)")
+        return
+    at, eta = first
+    actual = ended - at
+    predicted = eta["seconds"]
+    if predicted is None:
+        print(f"ETA right after it started: unknown (basis {eta['basis']}); took {actual:.1f} s")
+        return
+    print(
+        f"ETA right after it started (basis {eta['basis']}, {eta['requests_per_second']:.2f} "
+        f"req/s): {predicted:.1f} s; actual: {actual:.1f} s (to within {args.poll} s); "
+        f"error {predicted - actual:+.1f} s ({(predicted - actual) / actual:+.1%})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--learn", type=int, default=30)
     parser.add_argument("--a", type=int, default=60)
     parser.add_argument("--b", type=int, default=40)
     parser.add_argument("--poll", type=float, default=0.5)
+    parser.add_argument("--benchmark", action="store_true", help="benchmark-based ETAs")
+    parser.add_argument("--bench-requests", type=int, default=40)
+    parser.add_argument("--bench-max-tokens", type=int, default=64)
+    parser.add_argument("--batch-requests", type=int, default=60)
+    parser.add_argument("--batch-max-tokens", type=int, default=32)
     args = parser.parse_args()
+    if args.benchmark:
+        benchmark_eta(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(Path(tmp))

@@ -52,6 +52,7 @@ BATCH_KEYS = [
     "metadata",
     "priority",
     "cost",
+    "provenance",
 ]
 
 

@@ -46,3 +46,19 @@ def test_own_rate_takes_over_and_adapts_to_answer_length() -> None:
 def test_a_low_token_limit_speeds_up_a_batch_that_has_not_run() -> None:
     assert blended_rate(None, MODEL, max_tokens=10)[0] == pytest.approx(8.0)
     assert blended_rate(None, MODEL, max_tokens=400)[0] == pytest.approx(2.0)
+
+
+def test_a_model_without_traffic_uses_its_prior() -> None:
+    """A benchmark's (or a test load's) rate stands in for a model with no traffic; the
+    model's own traffic, once there, wins."""
+    bench = Rate(requests=10, input_tokens=0, output_tokens=400, seconds=5.0)  # 2 req/s
+    priors = {"new": (bench, "benchmark"), "m": (bench, "benchmark")}
+    batches = [Planned("a", "new", 10), Planned("b", "m", 10)]
+    etas = plan(batches, {}, {"m": MODEL}, workers=1, now=0.0, priors=priors)
+    assert etas["a"].basis == "benchmark" and etas["a"].seconds == pytest.approx(5.0)
+    assert etas["b"].basis == "model"
+    own = {"a": Rate(requests=4, input_tokens=0, output_tokens=160, seconds=2.0)}
+    running = plan(batches[:1], own, {}, workers=1, now=0.0, priors=priors)
+    assert running["a"].basis == "batch+benchmark"
+    tested = {"new": (Rate(1, 20, 40, 0.5), "model_test")}
+    assert plan(batches[:1], {}, {}, 1, 0.0, tested)["a"].basis == "model_test"

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from batch_server import web
-from batch_server.api import admin, auth, batches, files, health, history, models, queue
+from batch_server.api import admin, auth, batches, benchmarks, files, health, history, models, queue
 from batch_server.api import annotations as annotations_api
 from batch_server.api import collections as collections_api
 from batch_server.api import comparisons as comparisons_api
@@ -71,6 +71,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         label_studio_api,
         review_api,
         comparisons_api,
+        benchmarks,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batch_server import client_commands, collection_commands, label_studio_commands, logs
+from batch_server import (
+    bench_command,
+    client_commands,
+    collection_commands,
+    label_studio_commands,
+    logs,
+)
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -255,6 +261,10 @@ app.command("export")(collection_commands.export)
 app.add_typer(collection_commands.collections_app, name="collections")
 # The Label Studio round trip (label_studio_commands.py).
 app.add_typer(label_studio_commands.app, name="label-studio")
+
+
+# Benchmarks, over HTTP: see bench_command.py.
+app.command("bench")(bench_command.bench)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,20 @@ class Client:
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach {self.url}: {exc}") from exc
 
+    # -- benchmarks --------------------------------------------------------------------
+
+    def create_benchmark(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/benchmarks", json=body)
+
+    def benchmark(self, benchmark_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/benchmarks/{benchmark_id}")
+
+    def upload(self, path: Path, purpose: str = "batch") -> dict[str, Any]:
+        with open(path, "rb") as fh:
+            return self._json(
+                "POST", "/v1/files", data={"purpose": purpose}, files={"file": (path.name, fh)}
+            )
+
     @staticmethod
     def _raise(resp: httpx.Response) -> None:
         try:

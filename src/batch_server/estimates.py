@@ -4,7 +4,10 @@ Workers record *samples*: slices of a few seconds of engine time on one batch, w
 requests and tokens finished in them (:class:`SampleRecorder`). From these:
 
 - a model's rate is learned from its recent finished work (requests and tokens per second
-  of engine time); a model with no samples has no rate, and its ETAs say "unknown";
+  of engine time), benchmark batches left out (they are not the model's traffic);
+- a model with no such work uses its latest benchmark's rate (basis ``benchmark``), else
+  its latest succeeded test load's one request (basis ``model_test``); with none of these
+  it has no rate, and its ETAs say "unknown";
 - a running batch's rate blends its own measured rate with its model's rate, its own
   weighing more the longer it has run (its requests may be longer or shorter than usual);
 - the queue's ETAs add up the remaining work of everything ahead in run order, divided by
@@ -22,7 +25,7 @@ from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from batch_server.db.session import Database
-from batch_server.db.tables import ThroughputSampleRow
+from batch_server.db.tables import BenchmarkRow, ModelTestRow, ThroughputSampleRow
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,44 @@ def _rates(
 def model_rates(session: Session, now: float | None = None) -> dict[str, Rate]:
     """Each model's rate over its work of the last :data:`HISTORY_SECONDS`."""
     since = (now or time.time()) - HISTORY_SECONDS
-    return _rates(session, S.model, S.ended_at >= since)
+    benchmarks = select(BenchmarkRow.batch_id)
+    return _rates(session, S.model, S.ended_at >= since, S.batch_id.not_in(benchmarks))
+
+
+PRIOR_LOOKBACK = 200  # latest benchmarks and model tests looked at for models with no rate
+
+
+def prior_rates(session: Session, skip: Iterable[str] = ()) -> dict[str, tuple[Rate, str]]:
+    """A rate for each model not in ``skip`` (those with measured traffic) and its basis:
+    its latest benchmark with measured work (``benchmark``), else its latest succeeded
+    test load (``model_test``: one request in ``request_seconds``)."""
+    skipped = set(skip)
+    priors: dict[str, tuple[Rate, str]] = {}
+    recent = [
+        (model, batch_id)
+        for model, batch_id in session.execute(
+            select(BenchmarkRow.model, BenchmarkRow.batch_id)
+            .order_by(BenchmarkRow.seq.desc())
+            .limit(PRIOR_LOOKBACK)
+        )
+        if model not in skipped
+    ]
+    measured = batch_rates(session, {batch_id for _, batch_id in recent})
+    for model, batch_id in recent:
+        rate = measured.get(batch_id)
+        if model not in priors and rate is not None and rate.requests_per_second:
+            priors[model] = (rate, "benchmark")
+    tests = session.execute(
+        select(ModelTestRow)
+        .where(ModelTestRow.status == "succeeded", ModelTestRow.request_seconds > 0)
+        .order_by(ModelTestRow.seq.desc())
+        .limit(PRIOR_LOOKBACK)
+    ).scalars()
+    for t in tests:
+        if t.model not in skipped and t.model not in priors and t.request_seconds:
+            rate = Rate(1, t.prompt_tokens or 0, t.output_tokens or 0, t.request_seconds)
+            priors[t.model] = (rate, "model_test")
+    return priors
 
 
 def batch_rates(session: Session, batch_ids: Iterable[str]) -> dict[str, Rate]:
@@ -194,7 +234,7 @@ class Planned:
 class Eta:
     seconds: float | None
     at: int | None
-    basis: str  # "batch", "model", "batch+model", "done", "unknown"
+    basis: str  # "batch", "model", "batch+model", "benchmark", "model_test", "done", …
     requests_per_second: float | None
 
     def as_dict(self) -> dict[str, object]:
@@ -213,15 +253,21 @@ def plan(
     models: dict[str, Rate],
     workers: int,
     now: float,
+    priors: dict[str, tuple[Rate, str]] | None = None,
 ) -> dict[str, Eta]:
     """ETAs for live batches given in run order: each finishes after the remaining work
-    of everything ahead of it plus its own, shared by ``workers`` workers. Once one batch
-    ahead has no rate, every later ETA is unknown too: no invented numbers."""
+    of everything ahead of it plus its own, shared by ``workers`` workers. A model with
+    no measured rate uses its prior (:func:`prior_rates`), if any. Once one batch ahead
+    has no rate, every later ETA is unknown too: no invented numbers."""
     etas: dict[str, Eta] = {}
     ahead = 0.0
     known = True
     for b in batches:
-        rate, basis = blended_rate(own.get(b.batch_id), models.get(b.model or ""), b.max_tokens)
+        model, prior = models.get(b.model or ""), "model"
+        if model is None and priors and b.model in priors:
+            model, prior = priors[b.model]
+        rate, basis = blended_rate(own.get(b.batch_id), model, b.max_tokens)
+        basis = basis.replace("model", prior)
         if b.remaining == 0:
             etas[b.batch_id] = Eta(ahead / max(workers, 1), None, "done", rate)
             continue

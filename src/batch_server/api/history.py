@@ -24,11 +24,21 @@ def history(
     since: Timestamp = None,  # created at or after (Unix seconds)
     until: Timestamp = None,  # created before
     q: str | None = Query(None, description="substring of the batch id or its metadata"),
+    include_benchmarks: bool = Query(
+        False, description="Also list benchmark batches (see /v1/benchmarks)"
+    ),
     limit: int = Query(20),
     after: str | None = None,
 ) -> HistoryList:
     check_limit(limit, 100)
-    filters = HistoryFilter.parse(status, model=model, since=since, until=until, q=q)
+    filters = HistoryFilter.parse(
+        status,
+        model=model,
+        since=since,
+        until=until,
+        q=q,
+        include_benchmarks=include_benchmarks,
+    )
     entries, more = history_objects(
         ctx.db, ctx.models.current().aliases(), filters, limit, after, who.scoper(BatchRow)
     )

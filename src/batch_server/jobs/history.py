@@ -18,6 +18,8 @@ from batch_server.openai_types import Batch, HistoryEntry
 from batch_server.statuses import LIVE, TERMINAL, BatchStatus
 
 ALL_STATUSES = (*LIVE, *TERMINAL)
+# A benchmark batch's metadata key: "true" when it was created with include_in_history.
+INCLUDE_IN_HISTORY = "include_in_history"
 
 
 @dataclass
@@ -27,6 +29,9 @@ class HistoryFilter:
     since: int | None = None  # created at or after (Unix seconds)
     until: int | None = None  # created before
     q: str | None = None  # a substring of the id or of the metadata
+    # benchmark batches are not user work: left out unless asked for (or the benchmark
+    # was created with include_in_history)
+    include_benchmarks: bool = False
 
     @classmethod
     def parse(cls, status: str | None, **kw: Any) -> HistoryFilter:
@@ -77,6 +82,9 @@ def history_objects(
         query = query.where(BatchRow.created_at >= filters.since)
     if filters.until is not None:
         query = query.where(BatchRow.created_at < filters.until)
+    if not filters.include_benchmarks:
+        kept = BatchRow.metadata_[INCLUDE_IN_HISTORY].as_string() == "true"
+        query = query.where(or_(BatchRow.kind != "benchmark", kept))
     if filters.q:
         like = f"%{filters.q.strip()}%"
         query = query.where(

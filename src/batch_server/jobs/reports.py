@@ -26,6 +26,7 @@ from batch_server.estimates import (
     current_rates,
     model_rates,
     plan,
+    prior_rates,
 )
 from batch_server.jobs.lifecycle import LIVE
 from batch_server.jobs.manager import WORKER_FRESH_SECONDS
@@ -95,8 +96,9 @@ def queue(
         own = batch_rates(s, ids)
         current = current_rates(s, ids, now)
         models = model_rates(s, now)
+        priors = prior_rates(s, skip=models)
     planned = [_planned(r, store, aliases) for r in rows]
-    etas = plan(planned, own, models, len(live_workers), now)
+    etas = plan(planned, own, models, len(live_workers), now, priors)
     data = []
     requests_ahead = 0
     for position, r in enumerate(rows, start=1):
@@ -110,6 +112,7 @@ def queue(
                 "status": r.status,
                 "state": _state(r, leased.get(r.id, 0), running_on),
                 "model": r.model,
+                "kind": r.kind,
                 "priority": r.priority,
                 "position": position,
                 "jobs_ahead": position - 1,

@@ -10,6 +10,7 @@ from pydantic import Field
 from sqlalchemy import Row
 
 from batch_server.db.tables import BatchRow
+from batch_server.openai_types.benchmarks import BatchRun
 from batch_server.openai_types.bodies import Endpoint
 from batch_server.openai_types.common import APIObject, Identified, ListObject
 from batch_server.openai_types.costs import CostEstimate, estimate
@@ -81,6 +82,11 @@ class Batch(Identified):
     priority: int = Field(description="An extension: higher runs first")
     cost: CostEstimate | None = Field(
         description="An extension: the batch's tokens at the price table's reference price"
+    )
+    provenance: list[BatchRun] | None = Field(
+        default=None,
+        description="An extension, in `GET /v1/batches/{id}` only (null elsewhere): what "
+        "produced the results, one entry per model and worker that ran the batch",
     )
 
     @classmethod

@@ -16,7 +16,20 @@ from batch_server.statuses import BatchStatus
 class Eta(APIObject):
     seconds: float | None = Field(description="null: unknown (no measured rate yet)")
     at: int | None = Field(description="Unix time")
-    basis: Literal["batch", "model", "batch+model", "done", "unknown"]
+    basis: Literal[
+        "batch",
+        "model",
+        "batch+model",
+        "benchmark",
+        "batch+benchmark",
+        "model_test",
+        "batch+model_test",
+        "done",
+        "unknown",
+    ] = Field(
+        description="What the rate is based on: the batch's own work, its model's recent "
+        "work, the model's latest benchmark (no traffic yet) or its latest test load"
+    )
     requests_per_second: float | None
     text: str = Field(description='"1m 05s", or "unknown"')
 
@@ -26,6 +39,7 @@ class QueueEntry(Identified):
     status: BatchStatus
     state: Literal["running", "waiting", "validating", "finalizing", "cancelling"]
     model: str | None
+    kind: str = Field(description='"batch", or "benchmark" / "comparison" for those runs')
     priority: int
     position: int = Field(description="1: next (or running)")
     jobs_ahead: int

@@ -33,6 +33,7 @@ from batch_server.errors import APIError
 from batch_server.jobs import reports
 from batch_server.jobs.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
 from batch_server.jobs.lifecycle import LIVE
+from batch_server.models import provenance
 from batch_server.openai_types import SUPPORTED_ENDPOINTS
 
 
@@ -154,6 +155,7 @@ def batches_page(
     since: str = "",
     until: str = "",
     after: str | None = None,
+    include_benchmarks: bool = False,
 ) -> HTMLResponse:
     error = None
     try:
@@ -163,6 +165,7 @@ def batches_page(
             q=q or None,
             since=_date(since, "since"),
             until=_date(until, "until", end_of_day=True),
+            include_benchmarks=include_benchmarks,
         )
         rows, more = history_page(
             ctx.db, ctx.models.current().aliases(), filters, 25, after or None
@@ -170,6 +173,8 @@ def batches_page(
     except APIError as exc:
         error, rows, more = exc.message, [], False
     form = {"status": status, "model": model, "q": q, "since": since, "until": until}
+    if include_benchmarks:
+        form["include_benchmarks"] = "true"
     return render(
         request,
         "batches.html",
@@ -219,6 +224,7 @@ def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: Offset = 0) ->
         pairs=pairs,
         offset=offset,
         more_pairs=more_pairs,
+        provenance=provenance.runs_of(ctx.db, batch_id),
     )
 
 

@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from batch_server import metrics
 from batch_server.config import ModelSpec, Settings
@@ -16,6 +17,7 @@ from batch_server.engines.base import EngineFailure
 from batch_server.engines.process import EngineProcess
 from batch_server.jobs import reports
 from batch_server.jobs.manager import JobManager
+from batch_server.models import provenance
 from batch_server.models.registry import ModelRegistry
 from batch_server.statuses import WorkerState
 from batch_server.worker.presence import Presence
@@ -64,6 +66,18 @@ class EngineSlot:
         self.jobs = jobs
         self.presence = presence
         self.engine: EngineProcess | None = None
+        self.load_seconds: float | None = None  # how long the loaded engine took to load
+        self._spec: ModelSpec | None = None  # the loaded engine's spec, as it got it
+        self._record: dict[str, Any] | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        """The loaded engine's provenance record (see models.provenance), made once."""
+        assert self.engine is not None and self._spec is not None
+        if self._record is None:
+            self._record = provenance.describe(
+                self.engine.model_id, self._spec, self.settings.data_dir, self.settings
+            ) | {"engine_load_seconds": round(self.load_seconds or 0.0, 3)}
+        return self._record
 
     @property
     def model_id(self) -> str | None:
@@ -83,16 +97,18 @@ class EngineSlot:
         state, batch_id = self.presence.engine_state, self.presence.engine_batch
         self.presence.engine(WorkerState.LOADING, batch_id)
         started = time.monotonic()
+        sized = self._sized(spec)
         try:
             self.engine = start_engine(
                 model_id,
-                self._sized(spec),
+                sized,
                 self.settings.data_dir,
                 self.settings.engine_start_timeout,
             )
         finally:
             self.presence.engine(state, batch_id)
         seconds = time.monotonic() - started
+        self.load_seconds, self._spec, self._record = seconds, sized, None
         log.info("loaded %s in %.1fs", model_id, seconds)
         labels = {"model": model_id}
         metrics.count(self.jobs.db, "engine_loads", labels)

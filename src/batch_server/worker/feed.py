@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from batch_server.engines.base import EngineRequest, EngineResult
 from batch_server.estimates import SampleRecorder
@@ -18,11 +19,19 @@ log = logging.getLogger(__name__)
 
 
 class Feed:
-    def __init__(self, jobs: JobManager, store: FileStore, leases: Leases, worker_id: str) -> None:
+    def __init__(
+        self,
+        jobs: JobManager,
+        store: FileStore,
+        leases: Leases,
+        worker_id: str,
+        stored: Callable[[str, str], None] = lambda batch_id, model: None,
+    ) -> None:
         self.jobs = jobs
         self.store = store
         self.leases = leases
         self.worker_id = worker_id
+        self.stored = stored  # told (batch id, model) of each result stored
 
     def take_result(self, run: Run, result: EngineResult, stop: threading.Event) -> bool:
         """Store a finished request and complete its unit when it was the unit's last;
@@ -32,6 +41,7 @@ class Feed:
         try:
             self._store(unit.claim, stored)
             run.samples[unit.claim.batch_id].add(stored.input_tokens, stored.output_tokens)
+            self.stored(unit.claim.batch_id, unit.claim.model)
             if unit.left == 0:
                 # out of the run first: its renewals fail once it is complete
                 run.units.pop(unit.claim.unit_id)

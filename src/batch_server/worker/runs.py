@@ -19,6 +19,7 @@ from batch_server.engines.process import EngineProcess
 from batch_server.jobs.manager import JobManager
 from batch_server.jobs.queue import Claim
 from batch_server.logs import bind
+from batch_server.models.provenance import RunLog
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.worker.convert import (
@@ -52,7 +53,8 @@ class Runner:
         self.slot = slot
         self.presence = presence
         self.leases = Leases(jobs, presence.id, settings.lease_seconds)
-        self.feed = Feed(jobs, store, self.leases, presence.id)
+        self.runlog = RunLog(jobs.db, presence.id)  # provenance, see models.provenance
+        self.feed = Feed(jobs, store, self.leases, presence.id, self.runlog.first_result)
         # False when the worker stops or is held: the run takes no further unit
         self.may_take_more = may_take_more
 
@@ -75,12 +77,14 @@ class Runner:
             return None
         failure: Exception | None = None
         with self.leases.held(run) as stop:
+            warm = self.slot.engine
             try:
                 engine = self.slot.engine_for(claim.model)
             except Exception as exc:
                 log.error("engine for %s failed to start: %s", claim.model, exc)
                 self.leases.release(run, engine_error(exc))
                 return run.next_claim
+            self._started(claim, loaded=engine is not warm)
             results = engine.run(requests, stop.is_set, more=lambda: self._more(run, engine, stop))
             try:
                 with contextlib.closing(results):
@@ -90,6 +94,7 @@ class Runner:
             except Exception as exc:  # the engine itself broke: retry elsewhere/later
                 log.exception("engine for %s failed during unit %s", claim.model, claim.unit_id)
                 failure = exc
+            self.runlog.memory(list(run.samples), claim.model, engine.memory_bytes())
         if failure is not None:
             self.slot.close()
             self.leases.release(run, engine_error(failure))
@@ -99,6 +104,11 @@ class Runner:
             self.leases.release(run, run.store_error)
             self.slot.restart_if_grown(self.presence.engine_batch or claim.batch_id, run.restart)
         return run.next_claim
+
+    def _started(self, claim: Claim, loaded: bool) -> None:
+        """Record the batch's provenance (``loaded``: the engine was loaded for it)."""
+        load_seconds = self.slot.load_seconds if loaded else None
+        self.runlog.started(claim.batch_id, claim.model, self.slot.provenance, load_seconds)
 
     def _run_isolated(self, claim: Claim) -> None:
         """Run a unit whose earlier runs ended with its engine failing, one request per
@@ -162,6 +172,7 @@ class Runner:
                 run.restart = self.slot.restart_reason(engine)
                 if run.restart:
                     return []
+                self.runlog.memory(list(run.samples), engine.model_id, engine.memory_bytes())
                 claim = self.jobs.claim_unit(self.presence.id, prefer_model=engine.model_id)
                 if claim is None:
                     return []
@@ -179,6 +190,7 @@ class Runner:
                 with bind(batch_id=claim.batch_id):
                     requests = self.feed.add_unit(run, claim)
                 if requests:
+                    self._started(claim, loaded=False)
                     return requests
         except Exception:
             log.exception("could not add the next unit to the running engine")
