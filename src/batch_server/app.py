@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from batch_server import web
 from batch_server.api import admin, auth, batches, files, health, history, models, queue
+from batch_server.api import admin_models as admin_models_api
 from batch_server.api import metrics as metrics_api
 from batch_server.api import webhooks as webhooks_api
 from batch_server.api.deps import invalid_parameter
@@ -57,6 +58,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         models,
         health,
         admin,
+        admin_models_api,
         webhooks_api,
         metrics_api,
         queue,

@@ -43,3 +43,8 @@ def tool_call_id() -> str:
 
 def token() -> str:
     return secrets.token_hex(16)
+
+
+def model_test_id() -> str:
+    """A model test load (``POST /v1/admin/models/{id}/test``)."""
+    return f"mtest_{secrets.token_hex(12)}"

@@ -64,6 +64,7 @@ class EngineSlot:
         self.jobs = jobs
         self.presence = presence
         self.engine: EngineProcess | None = None
+        self._spec: ModelSpec | None = None  # the registry entry the engine was loaded from
 
     @property
     def model_id(self) -> str | None:
@@ -73,11 +74,12 @@ class EngineSlot:
         return self.engine.memory_bytes() if self.engine else 0
 
     def engine_for(self, model_id: str) -> EngineProcess:
-        """The engine of ``model_id``, loaded in place of the current one if need be."""
-        if self.engine is not None and self.engine.model_id == model_id:
+        """The engine of ``model_id``, loaded in place of the current one if need be (and
+        reloaded when its registry entry changed since it was loaded)."""
+        spec = self.models.current().get(model_id)
+        if self.engine is not None and self.engine.model_id == model_id and spec == self._spec:
             return self.engine
         self.close()
-        spec = self.models.current().get(model_id)
         if spec is None:
             raise EngineFailure(f"model {model_id!r} is not in the registry")
         state, batch_id = self.presence.engine_state, self.presence.engine_batch
@@ -92,6 +94,7 @@ class EngineSlot:
             )
         finally:
             self.presence.engine(state, batch_id)
+        self._spec = spec
         seconds = time.monotonic() - started
         log.info("loaded %s in %.1fs", model_id, seconds)
         labels = {"model": model_id}
