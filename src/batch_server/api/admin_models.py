@@ -206,7 +206,10 @@ def _wait(ctx: AppContext, test_id: str, seconds: float) -> ModelTestRow | None:
     deadline = time.monotonic() + seconds
     while True:
         row = tests.get(ctx.db, test_id)
-        if row is None or row.status in tests.ENDED or time.monotonic() >= deadline:
+        if row is not None and row.status in tests.ENDED:
+            ctx.models.refresh()  # this process's registry shows the verdict from now on
+            return row
+        if row is None or time.monotonic() >= deadline:
             return row
         time.sleep(0.2)
 
@@ -252,8 +255,8 @@ def delete_model(model_id: str, ctx: Ctx, _who: AdminAuth) -> AdminModelDeleted:
         ) from exc
     except ModelInUse as exc:
         raise Conflict(
-            f"Model '{resolved}' is used by a batch that has not ended; remove it once the "
-            "batch has ended (or cancel the batch)",
+            f"Model '{resolved}' is used by a batch that has not ended (or may be: a batch "
+            "is still validating); remove it once the batch has ended (or cancel it)",
             param="model_id",
             code="model_in_use",
         ) from exc

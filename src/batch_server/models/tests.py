@@ -127,6 +127,16 @@ def claim(db: Database, worker_id: str, lease_seconds: float) -> TestClaim | Non
     return None
 
 
+def still_ours(db: Database, claim: TestClaim) -> bool:
+    with db.read() as s:
+        query = select(ModelTestRow.seq).where(
+            ModelTestRow.id == claim.test_id,
+            ModelTestRow.lease_token == claim.token,
+            ModelTestRow.status == RUNNING,
+        )
+        return s.execute(query).first() is not None
+
+
 def finish(db: Database, claim: TestClaim, status: str, figures: dict[str, Any]) -> bool:
     """Record the test's outcome, if it is still ours (``False``: another worker took it
     over after our lease ran out)."""

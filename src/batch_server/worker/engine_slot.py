@@ -76,7 +76,8 @@ class EngineSlot:
     def engine_for(self, model_id: str) -> EngineProcess:
         """The engine of ``model_id``, loaded in place of the current one if need be (and
         reloaded when its registry entry changed since it was loaded)."""
-        spec = self.models.current().get(model_id)
+        # A model added less than the cache's age ago is read fresh.
+        spec = self.models.current().get(model_id) or self.models.refresh().get(model_id)
         if self.engine is not None and self.engine.model_id == model_id and spec == self._spec:
             return self.engine
         self.close()

@@ -95,14 +95,20 @@ class ModelTests:
             status, figures = tests.FAILED, {"error": f"{type(exc).__name__}: {exc}"[:4000]}
         finally:
             self.presence.engine(WorkerState.IDLE)
+        # The model's status first, then the test's end: whoever sees the test ended sees
+        # the verdict too.
+        state = self.models.refresh().state(claim.model)
+        current = state is not None and state.updated_at == claim.provenance.get(
+            "model_updated_at"
+        )  # not removed or changed since the test was asked for
+        if current and tests.still_ours(db, claim):
+            if status == tests.SUCCEEDED:
+                self.models.set_status(claim.model, "ready")
+            else:
+                reason = figures.get("error") or "the test load failed"
+                self.models.set_status(claim.model, "failed", reason)
         if not tests.finish(db, claim, status, figures):
             log.warning("model test %s was taken over by another worker", claim.test_id)
-            return True
-        state = self.models.refresh().state(claim.model)
-        if state is None or state.updated_at != claim.provenance.get("model_updated_at"):
-            return True  # removed or changed since: this verdict is about an older entry
-        reason = None if status == tests.SUCCEEDED else figures.get("error")
-        self.models.set_status(claim.model, "ready" if reason is None else "failed", reason)
         return True
 
     def _run(self, claim: tests.TestClaim) -> tuple[str, dict[str, Any]]:
