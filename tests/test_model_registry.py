@@ -214,6 +214,7 @@ def test_admin_routes_need_an_admin_key(reg: Registry) -> None:
     [
         ({"id": "e", "source": SMOLLM2, "env": {"LD_PRELOAD": "/tmp/x.so"}}, 400, "env", None),
         ({"id": "e", "engine": "vllm"}, 400, "source", "invalid_value"),
+        ({"id": "e", "source": "package:os.path/x.gguf"}, 400, "source", "invalid_value"),
         ({"id": "e", "source": SMOLLM2, "engine": "tensorrt"}, 400, "engine", "invalid_value"),
         ({"id": "e", "source": SMOLLM2, "unit_size": 0}, 400, "unit_size", "invalid_value"),
         ({"id": "e", "source": SMOLLM2, "surprise": 1}, 400, "surprise", "invalid_value"),

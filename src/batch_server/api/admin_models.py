@@ -7,6 +7,7 @@ authoritative for them. A model's ``env`` is refused: an environment variable su
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any
 
@@ -44,6 +45,7 @@ ENV_REFUSED = (
 CONFIG_MODEL = (
     "Model '{}' is defined in the config file, which is authoritative for it; change it there"
 )
+PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Body fields and the registry's names for them
 SPEC_NAMES = {"source": "path"}
 
@@ -129,6 +131,15 @@ def _parse(payload: Any, model: type[ModelCreate] | type[ModelUpdate]) -> dict[s
 
 
 def _spec(fields: dict[str, Any]) -> ModelSpec:
+    source = fields.get("path") or ""
+    module = source.removeprefix("package:").partition("/")[0]
+    if source.startswith("package:") and not PACKAGE_NAME.fullmatch(module):
+        # a dotted name would import its parent packages to find it
+        raise APIError(
+            "'source' is package:MODULE/FILE with MODULE a top-level package name",
+            param="source",
+            code="invalid_value",
+        )
     try:
         return ModelSpec.model_validate(fields)
     except ValidationError as exc:
