@@ -4,6 +4,7 @@ process without a restart; a model whose test load failed takes no batch."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,9 +47,14 @@ class Registry:
         return r.json()
 
     def test(self, model_id: str) -> dict[str, Any]:
-        r = self.admin.post(f"/v1/admin/models/{model_id}/test", params={"wait": TEST_WAIT})
+        """Test-load it and wait for the result (long polls)."""
+        r = self.admin.post(f"/v1/admin/models/{model_id}/test", params={"wait": 30})
         assert r.status_code == 201, r.text
         test = r.json()
+        deadline = time.time() + TEST_WAIT
+        while test["status"] not in ("succeeded", "failed") and time.time() < deadline:
+            url = f"/v1/admin/models/{model_id}/tests/{test['id']}"
+            test = self.admin.get(url, params={"wait": 30}).json()
         assert test["status"] in ("succeeded", "failed"), test
         return test
 

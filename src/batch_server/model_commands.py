@@ -6,6 +6,7 @@ local copy (see :mod:`batch_server.cli`)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +26,8 @@ from batch_server.client_commands import (
     err_console,
 )
 
-WAIT_SECONDS = 600
+WAIT_SECONDS = 1800  # a vLLM model may take minutes to load
+POLL_SECONDS = 30  # the server's longest wait
 
 
 def _path(model_id: str) -> str:
@@ -94,8 +96,15 @@ def _print_model(model: dict[str, Any]) -> None:
 
 
 def _test(client: Client, model_id: str, wait: bool) -> dict[str, Any]:
-    params = {"wait": WAIT_SECONDS} if wait else {}
+    """Ask for a test; with ``wait``, poll it (long polls of 30 s) until it ended."""
+    params = {"wait": POLL_SECONDS} if wait else {}
     test = client._json("POST", f"{_path(model_id)}/test", params=params)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while wait and test["status"] not in ("succeeded", "failed"):
+        if time.monotonic() > deadline:
+            err_console.print(f"the test has not ended after {WAIT_SECONDS} s")
+            break
+        test = client._json("GET", f"{_path(model_id)}/tests/{test['id']}", params=params)
     _print_test(test)
     return test
 

@@ -35,7 +35,8 @@ from batch_server.openai_types.model_admin import (
 
 router = APIRouter(prefix="/v1/admin/models", tags=["admin"], responses=errors(400, 401, 403))
 
-MAX_WAIT_SECONDS = 600.0
+# A long poll: a client waiting longer asks again (GET …/tests/{test_id}?wait=…).
+MAX_WAIT_SECONDS = 30.0
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)]
 
 ENV_REFUSED = (
@@ -192,8 +193,9 @@ async def add_model(request: Request, ctx: Ctx, _who: AdminAuth) -> AdminModel:
 def test_model(
     model_id: str, ctx: Ctx, _who: AdminAuth, response: Response, wait: Wait = 0
 ) -> ModelTest:
-    """Queue a test load on a worker (the model's status becomes "testing"); with
-    ``?wait=SECONDS``, answer once it ended or that long has passed."""
+    """Queue a test load on a worker (the model's status becomes "testing"; a test of the
+    same entry still waiting is the answer instead); with ``?wait=SECONDS`` (at most
+    30), answer once it ended or that long has passed."""
     resolved = _registered(ctx, model_id)
     state = ctx.models.current().state(resolved)
     assert state is not None

@@ -44,8 +44,21 @@ class TestClaim:
 
 def create(db: Database, model_id: str, model_updated_at: float) -> ModelTestRow:
     """Queue a test of ``model_id`` as the registry has it now (``model_updated_at``: the
-    version of its entry the test's verdict is about)."""
+    version of its entry the test's verdict is about). A test of that same entry still
+    waiting for a worker is the answer instead: tests asked for in a row load it once."""
     with db.write() as s:
+        waiting = s.execute(
+            select(ModelTestRow)
+            .where(ModelTestRow.model == model_id, ModelTestRow.status == QUEUED)
+            .order_by(ModelTestRow.seq.desc())
+            .limit(1)
+        ).scalar()
+        if (
+            waiting is not None
+            and (waiting.provenance or {}).get("model_updated_at") == model_updated_at
+        ):
+            s.expunge(waiting)
+            return waiting
         row = ModelTestRow(
             id=ids.model_test_id(),
             model=model_id,
