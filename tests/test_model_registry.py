@@ -228,6 +228,8 @@ def test_admin_routes_need_an_admin_key(reg: Registry) -> None:
         ({"id": "e", "source": "package:os.path/x.gguf"}, 400, "source", "invalid_value"),
         ({"id": "e", "source": SMOLLM2, "engine": "tensorrt"}, 400, "engine", "invalid_value"),
         ({"id": "e", "source": SMOLLM2, "unit_size": 0}, 400, "unit_size", "invalid_value"),
+        ({"id": "e", "source": SMOLLM2, "aliases": [""]}, 400, "aliases", "invalid_value"),
+        ({"id": "e", "source": SMOLLM2, "endpoints": ["/v1/x"]}, 400, "endpoints", None),
         ({"id": "e", "source": SMOLLM2, "surprise": 1}, 400, "surprise", "invalid_value"),
         ({"id": "has space", "source": SMOLLM2}, 400, "id", "invalid_value"),
         ({"source": SMOLLM2}, 400, "id", "missing_required_parameter"),

@@ -11,7 +11,7 @@ import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 
 from batch_server.api.auth import AdminAuth
@@ -189,10 +189,8 @@ async def add_model(request: Request, ctx: Ctx, _who: AdminAuth) -> AdminModel:
     return _show(ctx, model_id)
 
 
-@router.post("/{model_id:path}/test", responses=errors(404))
-def test_model(
-    model_id: str, ctx: Ctx, _who: AdminAuth, response: Response, wait: Wait = 0
-) -> ModelTest:
+@router.post("/{model_id:path}/test", status_code=201, responses=errors(404))
+def test_model(model_id: str, ctx: Ctx, _who: AdminAuth, wait: Wait = 0) -> ModelTest:
     """Queue a test load on a worker (the model's status becomes "testing"; a test of the
     same entry still waiting is the answer instead); with ``?wait=SECONDS`` (at most
     30), answer once it ended or that long has passed."""
@@ -202,7 +200,6 @@ def test_model(
     row = tests.create(ctx.db, resolved, state.updated_at)
     ctx.models.set_status(resolved, "testing", None)
     ctx.jobs.wake_workers()
-    response.status_code = 201
     return test_object(_wait(ctx, row.id, wait) or row)
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 
 from batch_server import ids
 from batch_server.db.dialect import skip_locked
@@ -84,14 +84,14 @@ def get(db: Database, test_id: str) -> ModelTestRow | None:
 
 def latest(db: Database, model_ids: list[str] | None = None) -> dict[str, ModelTestRow]:
     """The newest test of each model (of ``model_ids``, or of every model)."""
-    query = select(ModelTestRow).order_by(ModelTestRow.seq)
+    newest = select(func.max(ModelTestRow.seq)).group_by(ModelTestRow.model)
     if model_ids is not None:
-        query = query.where(ModelTestRow.model.in_(model_ids))
+        newest = newest.where(ModelTestRow.model.in_(model_ids))
     found: dict[str, ModelTestRow] = {}
     with db.read() as s:
-        for row in s.execute(query).scalars():
+        for row in s.execute(select(ModelTestRow).where(ModelTestRow.seq.in_(newest))).scalars():
             s.expunge(row)
-            found[row.model] = row  # ordered by seq: the last one wins
+            found[row.model] = row
     return found
 
 

@@ -3,11 +3,12 @@ add and change a model, a model's admin view and its test loads."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from batch_server.config import EngineName
+from batch_server.openai_types.bodies import Endpoint
 from batch_server.openai_types.common import APIObject, DataList, Identified
 
 ModelStatus = Literal["untested", "testing", "ready", "failed"]
@@ -15,6 +16,9 @@ TestStatus = Literal["queued", "running", "succeeded", "failed"]
 
 # A model id: what batch lines name in body.model (a Hugging Face style "org/name" too).
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*(/[A-Za-z0-9._:@+-]+)*$"
+
+
+ModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=MODEL_ID_PATTERN)]
 
 
 class _Body(BaseModel):
@@ -32,18 +36,18 @@ class ModelFields(_Body):
         "shipped in an installed Python package (the registry's 'path')",
     )
     engine_args: dict[str, Any] | None = None
-    aliases: list[str] | None = Field(default=None, max_length=32)
+    aliases: list[ModelName] | None = Field(default=None, max_length=32)
     chat_template: str | None = Field(default=None, max_length=200_000)
     unit_size: int | None = Field(default=None, ge=1, le=100_000)
     max_memory_mb: int | None = Field(default=None, ge=1)
-    endpoints: list[str] | None = None
+    endpoints: list[Endpoint] | None = None
     install_hint: str | None = Field(default=None, max_length=1000)
 
 
 class ModelCreate(ModelFields):
     """``POST /v1/admin/models``."""
 
-    id: str = Field(min_length=1, max_length=256, pattern=MODEL_ID_PATTERN)
+    id: ModelName
     engine: EngineName = "llamacpp"
 
 
