@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from batch_server import web
 from batch_server.api import admin, auth, batches, benchmarks, files, health, history, models, queue
+from batch_server.api import admin_models as admin_models_api
 from batch_server.api import annotations as annotations_api
 from batch_server.api import collections as collections_api
 from batch_server.api import comparisons as comparisons_api
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         models,
         health,
         admin,
+        admin_models_api,
         webhooks_api,
         metrics_api,
         queue,

@@ -15,6 +15,7 @@ from batch_server import (
     collection_commands,
     label_studio_commands,
     logs,
+    model_commands,
 )
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
@@ -183,7 +184,8 @@ def keys_revoke(
 
 
 models_app = typer.Typer(
-    help="List the server's models (no subcommand), or prepare a local copy of one.",
+    help="List the server's models (no subcommand), add, show, test or remove one, or "
+    "prepare a local copy of one.",
     invoke_without_command=True,
 )
 app.add_typer(models_app, name="models")
@@ -233,6 +235,11 @@ def prepare_model(
         return
     gguf_to_hf(source, target)
     typer.echo(f"{model_id}: prepared {target}")
+
+
+# Registry administration over HTTP (add, show, test, remove): see model_commands.py.
+for _name, _command in model_commands.COMMANDS.items():
+    models_app.command(_name)(_command)
 
 
 def _registry(settings: Settings) -> Registry:

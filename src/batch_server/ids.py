@@ -48,3 +48,8 @@ def token() -> str:
 def comparison_id() -> str:
     """A comparison (``POST /v1/comparisons``), an extension object."""
     return f"cmp_{secrets.token_hex(16)}"
+
+
+def model_test_id() -> str:
+    """A model test load (``POST /v1/admin/models/{id}/test``)."""
+    return f"mtest_{secrets.token_hex(12)}"

@@ -15,7 +15,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=errors(400))
 
 
 def _model(ctx: AppContext, model_id: str, rate: estimates.Rate | None) -> Model:
-    spec = ctx.models.current().specs[model_id]
+    registry = ctx.models.current()
+    spec, state = registry.specs[model_id], registry.state(model_id)
     return Model(
         id=model_id,
         created=ctx.started_at,
@@ -24,6 +25,9 @@ def _model(ctx: AppContext, model_id: str, rate: estimates.Rate | None) -> Model
         aliases=spec.aliases,
         # Measured on this server's recent work; None for a model that has not run yet.
         throughput=MeasuredRate.model_validate(rate.as_dict()) if rate else None,
+        status=state.status if state else "untested",
+        status_reason=state.status_reason if state else None,
+        origin=state.origin if state else "config",
     )
 
 

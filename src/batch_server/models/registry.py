@@ -20,7 +20,7 @@ from sqlalchemy import delete, select, update
 from batch_server.config import ModelSpec, Settings
 from batch_server.db.session import Database, rowcount
 from batch_server.db.tables import BatchRow, ModelRow, WorkUnitRow
-from batch_server.statuses import LIVE
+from batch_server.statuses import LIVE, BatchStatus
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class Registry:
 
 
 class ModelInUse(Exception):
-    """The model is used by a batch that has not ended."""
+    """The model is used by a batch that has not ended (or may be: a batch is still
+    validating, and its lines may name it)."""
 
 
 class ConfigModel(Exception):
@@ -236,6 +237,14 @@ def _in_use(s: Any, model_id: str, spec: dict[str, Any]) -> bool:
         select(BatchRow.id).where(BatchRow.status.in_(live), BatchRow.model.in_(list(names)))
     ).first()
     if batch is not None:
+        return True
+    # A batch still validating has no units yet: any of its lines may name the model.
+    validating = s.execute(
+        select(BatchRow.id).where(
+            BatchRow.status == str(BatchStatus.VALIDATING), BatchRow.model.is_(None)
+        )
+    ).first()
+    if validating is not None:
         return True
     unit = s.execute(
         select(WorkUnitRow.id)

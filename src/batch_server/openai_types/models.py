@@ -1,4 +1,5 @@
-"""The Model object (OpenAI's, plus the registry's engine, aliases and measured rate)."""
+"""The Model object (OpenAI's, plus the registry's engine, aliases, measured rate, test
+status and origin)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ class Model(Identified):
     aliases: list[str]
     throughput: MeasuredRate | None = Field(
         description="The model's rate over its work of the last 7 days; null before it ran"
+    )
+    status: Literal["untested", "testing", "ready", "failed"] = Field(
+        description="Its latest test load's verdict; a 'failed' model takes no batch"
+    )
+    status_reason: str | None = Field(description="Why its test load failed")
+    origin: Literal["config", "api"] = Field(
+        description="'config': defined in the config file; 'api': added over the admin API"
     )
 
 

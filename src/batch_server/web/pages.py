@@ -34,6 +34,7 @@ from batch_server.jobs import reports
 from batch_server.jobs.history import ALL_STATUSES, HistoryFilter, history_entry, history_page
 from batch_server.jobs.lifecycle import LIVE
 from batch_server.models import provenance
+from batch_server.models import tests as model_tests
 from batch_server.openai_types import SUPPORTED_ENDPOINTS
 
 
@@ -303,13 +304,16 @@ def models_page(request: Request, ctx: Ctx) -> HTMLResponse:
     for w in reports.workers(ctx.db):
         if w["loaded_model"]:
             loaded.setdefault(w["loaded_model"], []).append(w["id"])
+    registry = ctx.models.current()
     return render(
         request,
         "models.html",
         page="models",
-        models=ctx.models.current().specs,
+        models=registry.specs,
         rates=rates,
         loaded=loaded,
+        states=registry.states,  # origin and test status (the registry's admin view)
+        tests=model_tests.latest(ctx.db),
     )
 
 

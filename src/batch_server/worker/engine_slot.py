@@ -67,6 +67,7 @@ class EngineSlot:
         self.presence = presence
         self.engine: EngineProcess | None = None
         self.load_seconds: float | None = None  # how long the loaded engine took to load
+        self._entry: ModelSpec | None = None  # the registry entry the engine was loaded from
         self._spec: ModelSpec | None = None  # the loaded engine's spec, as it got it
         self._record: dict[str, Any] | None = None
 
@@ -87,11 +88,13 @@ class EngineSlot:
         return self.engine.memory_bytes() if self.engine else 0
 
     def engine_for(self, model_id: str) -> EngineProcess:
-        """The engine of ``model_id``, loaded in place of the current one if need be."""
-        if self.engine is not None and self.engine.model_id == model_id:
+        """The engine of ``model_id``, loaded in place of the current one if need be (and
+        reloaded when its registry entry changed since it was loaded)."""
+        # A model added less than the cache's age ago is read fresh.
+        spec = self.models.current().get(model_id) or self.models.refresh().get(model_id)
+        if self.engine is not None and self.engine.model_id == model_id and spec == self._entry:
             return self.engine
         self.close()
-        spec = self.models.current().get(model_id)
         if spec is None:
             raise EngineFailure(f"model {model_id!r} is not in the registry")
         state, batch_id = self.presence.engine_state, self.presence.engine_batch
@@ -108,7 +111,8 @@ class EngineSlot:
         finally:
             self.presence.engine(state, batch_id)
         seconds = time.monotonic() - started
-        self.load_seconds, self._spec, self._record = seconds, sized, None
+        self._entry, self._spec, self._record = spec, sized, None
+        self.load_seconds = seconds
         log.info("loaded %s in %.1fs", model_id, seconds)
         labels = {"model": model_id}
         metrics.count(self.jobs.db, "engine_loads", labels)

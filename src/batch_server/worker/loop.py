@@ -25,6 +25,7 @@ from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.wakeup import Wakeup
 from batch_server.worker.engine_slot import EngineSlot
+from batch_server.worker.model_tests import ModelTests
 from batch_server.worker.presence import Presence
 from batch_server.worker.runs import Runner
 from batch_server.worker.steps import BatchSteps
@@ -50,6 +51,7 @@ class Worker:
         self.slot: EngineSlot
         self.presence = Presence(jobs, self.id, gpu, loaded=lambda: self.slot.model_id)
         self.slot = EngineSlot(settings, models, jobs, self.presence)
+        self.model_tests = ModelTests(settings, models, self.slot, self.presence)
         self.steps = BatchSteps(settings, models, jobs, store, self.presence, wake.waiter())
         self.runner = Runner(
             settings, jobs, store, self.slot, self.presence, may_take_more=self._may_take_more
@@ -103,6 +105,8 @@ class Worker:
                 if self._check_hold():
                     self.presence.engine(WorkerState.HELD)
                     return False
+                if self.model_tests.step():  # a test load goes before any unit
+                    return True
                 claim = self.jobs.claim_unit(self.id, prefer_model=self.slot.model_id)
                 if claim is None:
                     self.presence.engine(WorkerState.IDLE)

@@ -97,7 +97,8 @@ class BatchSteps:
                         self.jobs,
                         self.store,
                         self.settings,
-                        self.models.current(),
+                        # fresh: a model added a moment ago is known
+                        self.models.refresh(),
                         step.batch_id,
                         step.token,
                     )
