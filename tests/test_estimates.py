@@ -62,3 +62,29 @@ def test_a_model_without_traffic_uses_its_prior() -> None:
     assert running["a"].basis == "batch+benchmark"
     tested = {"new": (Rate(1, 20, 40, 0.5), "model_test")}
     assert plan(batches[:1], {}, {}, 1, 0.0, tested)["a"].basis == "model_test"
+
+
+def test_prompt_and_answer_tokens_both_count_as_work() -> None:
+    """A benchmark of long prompts predicts a batch of short ones by the tokens each
+    request costs (prompt plus answer), not by answer length alone."""
+    bench = Rate(requests=12, input_tokens=12 * 120, output_tokens=12 * 64, seconds=10.0)
+    rate, basis = blended_rate(None, bench, max_tokens=32, prompt_tokens=25.0)
+    assert basis == "model" and rate == pytest.approx(1.2 * 184 / 57)
+    assert blended_rate(None, bench)[0] == pytest.approx(1.2)  # the same requests
+    batches = [Planned("a", "m", 60, max_tokens=32, prompt_tokens=25.0)]
+    eta = plan(batches, {}, {}, 1, 0.0, {"m": (bench, "benchmark")})["a"]
+    assert eta.basis == "benchmark" and eta.seconds == pytest.approx(60 / (1.2 * 184 / 57))
+
+
+def test_prompt_tokens_are_estimated_from_the_text() -> None:
+    from batch_server.estimates import prompt_tokens
+
+    chat = {
+        "messages": [
+            {"role": "system", "content": "x" * 40},
+            {"role": "user", "content": [{"type": "text", "text": "y" * 20}]},
+        ]
+    }
+    assert prompt_tokens(chat) == pytest.approx(60 / 4 + 2 * 4)
+    assert prompt_tokens({"prompt": "z" * 8}) == pytest.approx(2)
+    assert prompt_tokens({"input": ["a" * 4, "b" * 4]}) == pytest.approx(2)

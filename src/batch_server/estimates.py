@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -190,34 +191,71 @@ def current_rates(session: Session, batch_ids: Iterable[str], now: float) -> dic
 
 
 def blended_rate(
-    own: Rate | None, model: Rate | None, max_tokens: int | None = None
+    own: Rate | None,
+    model: Rate | None,
+    max_tokens: int | None = None,
+    prompt_tokens: float | None = None,
 ) -> tuple[float | None, str]:
     """Requests per second of engine time for a batch, and what it is based on.
 
-    Before a batch has run, the model's rate is used, sped up when the batch's token limit
-    (``max_tokens`` of its first request) is below the model's usual answer length. Once
-    it runs, the model's rate is scaled to the batch's own answer lengths so far and
-    blended with the batch's own rate, which weighs more the longer the batch has run."""
+    A request's work is its prompt plus its answer tokens: on these CPUs a prompt token
+    costs about as much as an answer token decoded beside others (bench_eta.py: counting
+    answers only, a benchmark of 120-token prompts predicted a batch of 25-token prompts
+    twice too slow). Before a batch has run, the model's rate is scaled from the model's
+    usual request to the batch's: its prompt (``prompt_tokens``, estimated from its
+    input) and its answers (cut at ``max_tokens`` when that is below the usual answer).
+    Once it runs, the model's rate is scaled to the batch's own requests so far and
+    blended with the batch's own rate, which weighs more the longer it has run."""
     model_rps = model.requests_per_second if model else None
     own_rps = own.requests_per_second if own else None
     if own_rps is None:
         if model_rps is None:
             return None, "unknown"
         assert model is not None
-        usual = model.output_tokens / model.requests
-        if max_tokens and 0 < max_tokens < usual:
-            model_rps *= usual / max_tokens
+        usual_in = model.input_tokens / model.requests
+        usual_out = model.output_tokens / model.requests
+        out = min(max_tokens, usual_out) if max_tokens and max_tokens > 0 else usual_out
+        work = (usual_in if prompt_tokens is None else prompt_tokens) + out
+        if work > 0 and usual_in + usual_out > 0:
+            model_rps *= (usual_in + usual_out) / work
         return model_rps, "model"
     assert own is not None
     if model_rps is None:
         return own_rps, "batch"
     assert model is not None
-    if own.output_tokens and model.output_tokens:
-        model_per_request = model.output_tokens / model.requests
-        own_per_request = own.output_tokens / own.requests
-        model_rps *= model_per_request / own_per_request
+    own_work = (own.input_tokens + own.output_tokens) / own.requests
+    model_work = (model.input_tokens + model.output_tokens) / model.requests
+    if own_work and model_work:
+        model_rps *= model_work / own_work
     rate = (own.requests + model_rps * PRIOR_SECONDS) / (own.seconds + PRIOR_SECONDS)
     return rate, "batch+model"
+
+
+CHARS_PER_TOKEN = 4.0  # English text in the usual BPE vocabularies
+TOKENS_PER_MESSAGE = 4.0  # a chat template's role markers around each message
+
+
+def prompt_tokens(body: dict[str, Any]) -> float:
+    """A rough count of a request body's prompt tokens (before its engine tokenizes it):
+    its text (messages, prompt, input) at :data:`CHARS_PER_TOKEN`, plus each chat
+    message's template markers."""
+    chars, messages = 0, 0
+    for key in ("messages", "prompt", "input"):
+        value = body.get(key)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, str):
+                chars += len(item)
+            elif isinstance(item, dict):
+                messages += 1
+                content = item.get("content")
+                parts = content if isinstance(content, list) else [content]
+                for part in parts:
+                    if isinstance(part, str):
+                        chars += len(part)
+                    elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                        chars += len(part["text"])
+    return chars / CHARS_PER_TOKEN + messages * TOKENS_PER_MESSAGE
 
 
 @dataclass
@@ -228,6 +266,7 @@ class Planned:
     model: str | None
     remaining: int | None  # None when the request count is not known
     max_tokens: int | None = None  # the first request's token limit
+    prompt_tokens: float | None = None  # estimated prompt tokens per request
 
 
 @dataclass(frozen=True)
@@ -266,7 +305,7 @@ def plan(
         model, prior = models.get(b.model or ""), "model"
         if model is None and priors and b.model in priors:
             model, prior = priors[b.model]
-        rate, basis = blended_rate(own.get(b.batch_id), model, b.max_tokens)
+        rate, basis = blended_rate(own.get(b.batch_id), model, b.max_tokens, b.prompt_tokens)
         basis = basis.replace("model", prior)
         if b.remaining == 0:
             etas[b.batch_id] = Eta(ahead / max(workers, 1), None, "done", rate)

@@ -11,12 +11,14 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
 from typing import Any
 
 from sqlalchemy import Row, bindparam, func, select
 
+from batch_server import estimates
 from batch_server.db.pages import Scope
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchEventRow, BatchRow, ResultRow, WorkerRow, WorkUnitRow
@@ -178,35 +180,49 @@ def visible_queue(
 
 
 def _planned(r: BatchRow, store: FileStore, aliases: dict[str, str]) -> Planned:
-    count, first_model, max_tokens = _peek(store, r.input_file_id)
+    peek = _peek(store, r.input_file_id)
     if r.status != "validating":
-        return Planned(r.id, r.model, _remaining(r), max_tokens)
-    return Planned(r.id, r.model or aliases.get(first_model or ""), count, max_tokens)
+        return Planned(r.id, r.model, _remaining(r), peek.max_tokens, peek.prompt_tokens)
+    model = r.model or aliases.get(peek.model or "")
+    return Planned(r.id, model, peek.count, peek.max_tokens, peek.prompt_tokens)
+
+
+PEEK_SAMPLE = 50  # first lines whose prompts are measured for a waiting batch's ETA
+
+
+@dataclass(frozen=True)
+class Peek:
+    count: int | None  # request lines (None: the file is gone)
+    model: str | None  # the first line's model
+    max_tokens: int | None  # the first line's token limit
+    prompt_tokens: float | None  # the mean estimated prompt tokens of the first lines
 
 
 @lru_cache(maxsize=1024)
-def _peek(store: FileStore, file_id: str) -> tuple[int | None, str | None, int | None]:
-    """Request lines, and the first line's model and token limit, of a (never modified)
-    input file: what a batch that has not started yet will run, for its ETA."""
-    count, model, max_tokens = 0, None, None
+def _peek(store: FileStore, file_id: str) -> Peek:
+    """What a batch's (never modified) input file will run, for its ETA: its request
+    lines, the first line's model and token limit, and the first lines' prompt sizes."""
+    count, model, max_tokens, prompts = 0, None, None, []
     try:
         with store.open(file_id) as fh:
             for line in iter_lines(fh, limit=VIEW_LINE_LIMIT):
-                if count == 0:  # any line: validation has not judged it yet
+                if count < PEEK_SAMPLE:  # any line: validation has not judged it yet
                     with suppress(ValueError, AttributeError, TypeError, OverflowError):
                         body = json.loads(line.raw).get("body", {})
-                        model = body.get("model")
-                        model = model if isinstance(model, str) else None
-                        limit = (
-                            body.get("max_completion_tokens")
-                            or body.get("max_tokens")
-                            or body.get("max_output_tokens")
-                        )
-                        max_tokens = min(int(limit), MAX_TOKENS_SEEN) if limit else None
+                        prompts.append(estimates.prompt_tokens(body))
+                        if count == 0:
+                            model = body.get("model")
+                            model = model if isinstance(model, str) else None
+                            limit = (
+                                body.get("max_completion_tokens")
+                                or body.get("max_tokens")
+                                or body.get("max_output_tokens")
+                            )
+                            max_tokens = min(int(limit), MAX_TOKENS_SEEN) if limit else None
                 count += 1
     except FileNotFoundError:
-        return None, None, None
-    return count, model, max_tokens
+        return Peek(None, None, None, None)
+    return Peek(count, model, max_tokens, sum(prompts) / len(prompts) if prompts else None)
 
 
 def _run_rank(r: BatchRow, leased_units: int) -> int:
