@@ -225,6 +225,27 @@ def test_admin_routes_need_an_admin_key(reg: Registry) -> None:
     [
         ({"id": "e", "source": SMOLLM2, "env": {"LD_PRELOAD": "/tmp/x.so"}}, 400, "env", None),
         ({"id": "e", "engine": "vllm"}, 400, "source", "invalid_value"),
+        (
+            {
+                "id": "e",
+                "engine": "vllm",
+                "source": "/m",
+                "engine_args": {"trust_remote_code": True},
+            },
+            400,
+            "engine_args",
+            "engine_arg_not_allowed",
+        ),
+        (
+            {
+                "id": "e",
+                "engine": "openai",
+                "engine_args": {"base_url": "http://x/v1", "api_key_env": "AWS_SECRET"},
+            },
+            400,
+            "engine_args",
+            "engine_arg_not_allowed",
+        ),
         ({"id": "e", "source": "package:os.path/x.gguf"}, 400, "source", "invalid_value"),
         ({"id": "e", "source": SMOLLM2, "engine": "tensorrt"}, 400, "engine", "invalid_value"),
         ({"id": "e", "source": SMOLLM2, "unit_size": 0}, 400, "unit_size", "invalid_value"),

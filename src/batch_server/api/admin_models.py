@@ -2,8 +2,9 @@
 models at run time, and test-load them on a worker.
 
 Models of the config file (origin "config") are shown but not changed here: the file is
-authoritative for them. A model's ``env`` is refused: an environment variable such as
-``LD_PRELOAD`` runs code in the engine process, so it is set in the config file only."""
+authoritative for them. What would let an admin key run code or read the worker's
+secrets is refused, and set in the config file only: ``env`` (``LD_PRELOAD`` runs code in
+the engine process) and the engine arguments of :data:`CONFIG_ONLY_ARGS`."""
 
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ ENV_REFUSED = (
     "'env' cannot be set over the API: an engine's environment (LD_PRELOAD, for one) runs "
     "code in the engine process. Set it in the config file."
 )
+# Engine arguments refused over the API: trust_remote_code runs Python code shipped with
+# the weights; the openai engine's api_key_env sends any environment variable of the
+# worker (a secret of another service) to whatever base_url says.
+CONFIG_ONLY_ARGS = ("trust_remote_code", "api_key_env")
 CONFIG_MODEL = (
     "Model '{}' is defined in the config file, which is authoritative for it; change it there"
 )
@@ -121,6 +126,15 @@ def _parse(payload: Any, model: type[ModelCreate] | type[ModelUpdate]) -> dict[s
         raise APIError("The body must be a JSON object", code="invalid_value")
     if "env" in payload:
         raise APIError(ENV_REFUSED, param="env", code="env_not_allowed")
+    args = payload.get("engine_args")
+    for name in CONFIG_ONLY_ARGS:
+        if isinstance(args, dict) and name in args:
+            raise APIError(
+                f"engine_args.{name} cannot be set over the API (it could run code or send "
+                "a secret of the worker elsewhere). Set it in the config file.",
+                param="engine_args",
+                code="engine_arg_not_allowed",
+            )
     try:
         body = model.model_validate(payload)
     except ValidationError as exc:
