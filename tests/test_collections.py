@@ -27,6 +27,8 @@ from playwright.sync_api import ConsoleMessage, expect, sync_playwright
 from batch_server.curation.finetune_format import file_errors
 from conftest import Cluster, chat_line, jsonl, wait_for
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
 FIXED = '{"colour": "blue", "sure": true}'
 PROMPTS = [
     "Name a colour of the sea.",  # q/0 golden
@@ -338,7 +340,7 @@ def test_collection_page(setup: Setup) -> None:
             link.click()
         saved = Path(download.value.path()).read_text()
         assert saved.splitlines()[0].startswith("batch_id,custom_id,model,prompt")
-        pg.screenshot(path=str(s.cluster.tmp / "collection.png"), full_page=True)
+        pg.screenshot(path=str(ARTIFACTS / "collection.png"), full_page=True)
         context.close()
         browser.close()
     assert errors == [], errors

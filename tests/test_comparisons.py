@@ -16,6 +16,8 @@ from playwright.sync_api import ConsoleMessage, expect, sync_playwright
 from batch_server.models import prices
 from conftest import Cluster, chat_line, jsonl, submit, upload, wait_for
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -279,7 +281,7 @@ def test_comparison_page_in_chromium(server: Cluster, chat: dict[str, Any]) -> N
         expect(page.locator("td.answer.differs")).to_have_count(len(disagree))
         assert page.locator("td.answer.differs mark").count() > 0
         expect(page.locator("#pick-progress")).to_have_text("picked 2 of 20")  # from the API test
-        page.screenshot(path=str(server.tmp / "comparison.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "comparison.png"), full_page=True)
 
         # keyboard only: the 4th row (q3) gets model 2, the 5th (q4) a tie, then undo it
         for key in ("j", "j", "j", "j"):
