@@ -9,23 +9,13 @@ import json
 from typing import Any
 
 from batch_server.curation.requests import RequestPair
+from batch_server.curation.texts import answer_text, content_text
 from batch_server.db.tables import AnnotationRow
 
 # Roles kept from a request's messages (``developer`` is OpenAI's newer name for system);
 # tool messages and assistant tool calls are left out: a fine-tuning line needs them in
 # pairs, and a prompt block has no place for them.
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-def text_of(content: Any) -> str | None:
-    """A message's content as text: a string, or the text parts of a list joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, dict)]
-        texts = [p for p in parts if isinstance(p, str)]
-        return "\n".join(texts) if texts else None
-    return None
 
 
 def prompt_messages(endpoint: str, body: dict[str, Any]) -> list[dict[str, str]]:
@@ -52,32 +42,10 @@ def _messages(given: Any) -> list[dict[str, str]]:
     for m in given if isinstance(given, list) else []:
         if not isinstance(m, dict) or m.get("role") not in _ROLES:
             continue
-        content = text_of(m.get("content"))
+        content = content_text(m.get("content"))
         if content is not None and content.strip():
             found.append({"role": _ROLES[m["role"]], "content": content})
     return found
-
-
-def answer_text(endpoint: str, response: dict[str, Any] | None) -> str | None:
-    """The model's answer as text (None for an endpoint without one, or a failure)."""
-    if not response:
-        return None
-    if endpoint == "/v1/responses":
-        texts = [
-            c.get("text")
-            for item in response.get("output") or []
-            if isinstance(item, dict)
-            for c in item.get("content") or []
-            if isinstance(c, dict) and c.get("type") == "output_text"
-        ]
-        return "".join(t for t in texts if isinstance(t, str)) or None
-    choices = response.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None
-    first = choices[0]
-    if endpoint == "/v1/completions":
-        return first.get("text") if isinstance(first.get("text"), str) else None
-    return text_of((first.get("message") or {}).get("content"))
 
 
 def parsed_fields(text: str | None) -> dict[str, Any] | None:
@@ -118,7 +86,7 @@ def example(endpoint: str, pair: RequestPair, note: AnnotationRow) -> dict[str, 
 
 def _example(endpoint: str, pair: RequestPair, note: AnnotationRow) -> dict[str, Any]:
     messages = prompt_messages(endpoint, pair.request)
-    answer = answer_text(endpoint, pair.response)
+    answer = answer_text(pair.response, tool_calls=False)
     target = note.fixed_answer if note.label == "fixed" and note.fixed_answer else answer
     return {
         "batch_id": note.batch_id,

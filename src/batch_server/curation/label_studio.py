@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 
 from batch_server.curation import annotations as notes
-from batch_server.curation import requests
+from batch_server.curation import requests, texts
 from batch_server.curation.label_studio_client import LabelStudio, LabelStudioError
 from batch_server.curation.requests import RequestPair
 from batch_server.db.session import Database
@@ -159,7 +159,7 @@ def _task(batch: BatchRow, pair: RequestPair) -> dict[str, Any]:
             "batch_id": batch.id,
             "request_index": pair.index,
             "model": model,
-            "prompt": prompt_text(pair.request),
+            "prompt": texts.prompt_text(pair.request),
             "answer": answer,
         }
     }
@@ -381,68 +381,13 @@ def _pulled(db: Database, row_id: int) -> None:
 # -- texts -------------------------------------------------------------------------------
 
 
-def prompt_text(body: dict[str, Any]) -> str:
-    """What was asked, as text: chat messages as ``role: content`` lines, a completion's
-    prompt, a response's input, an embedding's input; else the request's JSON."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        return "\n\n".join(
-            f"{m.get('role', '?')}: {_content(m.get('content'))}"
-            for m in messages
-            if isinstance(m, dict)
-        )
-    for key in ("prompt", "input"):
-        value = body.get(key)
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list) and value:
-            return "\n\n".join(
-                f"{v.get('role', '?')}: {_content(v.get('content'))}"
-                if isinstance(v, dict)
-                else str(v)
-                for v in value
-            )
-    return json.dumps(body, ensure_ascii=False, indent=2)
-
-
 def answer_text(pair: RequestPair) -> str:
-    """The model's answer as text (the assistant's content, a completion's text, a
-    response's output text); a failed request's error message."""
+    """The model's answer as text; a failed request's error message."""
     if pair.status_code != 200 or pair.response is None:
         message = (pair.error or {}).get("message") if pair.error else None
         return f"[request failed: {message or pair.status_code}]"
-    body = pair.response
-    choices = body.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        first = choices[0]
-        message = first.get("message")
-        if isinstance(message, dict):
-            if message.get("content"):
-                return _content(message["content"])
-            if message.get("tool_calls"):
-                return json.dumps(message["tool_calls"], ensure_ascii=False, indent=2)
-        if isinstance(first.get("text"), str):
-            return str(first["text"])
-    output = body.get("output")
-    if isinstance(output, list):
-        texts = [
-            c.get("text", "")
-            for item in output
-            if isinstance(item, dict)
-            for c in item.get("content") or []
-            if isinstance(c, dict) and c.get("type") == "output_text"
-        ]
-        if texts:
-            return "".join(texts)
-    return json.dumps(body, ensure_ascii=False, indent=2)
-
-
-def _content(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
-    return "" if content is None else json.dumps(content, ensure_ascii=False)
+    text = texts.answer_text(pair.response)
+    return text if text is not None else json.dumps(pair.response, ensure_ascii=False, indent=2)
 
 
 def _chunks(items: Iterable[RequestPair], size: int) -> Iterator[list[RequestPair]]:

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from batch_server.curation.annotations import LABELS
 from batch_server.curation.requests import RequestPair, iter_pairs
+from batch_server.curation.texts import answer_text
 from batch_server.db.session import Database
 from batch_server.db.tables import AnnotationRow, BatchRow, ComparisonRow
 from batch_server.storage import FileStore
@@ -56,36 +57,6 @@ class Page:
 
 
 # -- one answer ------------------------------------------------------------------------
-
-
-def answer_text(response: dict[str, Any] | None) -> str | None:
-    """The answer's text: the assistant's content (chat), the text (completions), the
-    output text (responses); None when there is none."""
-    if not response:
-        return None
-    choices = response.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        first = choices[0]
-        message = first.get("message")
-        if isinstance(message, dict):
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            calls = message.get("tool_calls")
-            return json.dumps(calls) if calls else None
-        text = first.get("text")
-        return text if isinstance(text, str) else None
-    output = response.get("output")
-    if isinstance(output, list):
-        texts = [
-            part.get("text", "")
-            for item in output
-            if isinstance(item, dict) and isinstance(item.get("content"), list)
-            for part in item["content"]
-            if isinstance(part, dict) and part.get("type") == "output_text"
-        ]
-        return "".join(texts) if texts else None
-    return None
 
 
 def parsed(text: str | None) -> tuple[Any, bool]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from batch_server.curation import texts
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, ResultRow
 from batch_server.jobs.validation import iter_lines
@@ -58,57 +59,19 @@ class Row:
 # -- reading texts out of request and response bodies --------------------------------------
 
 
-def _text(content: Any) -> str:
-    """A message's content: a string, or the text parts of a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, dict)]
-        return " ".join(p for p in parts if isinstance(p, str))
-    return ""
-
-
 def prompt_of(line: dict[str, Any]) -> str:
     """Short text of the request's last user message (or its prompt / input)."""
     body = line.get("body")
-    if not isinstance(body, dict):
-        return ""
-    text = ""
-    messages = body.get("messages") or body.get("input")
-    if isinstance(messages, list):
-        users = [m for m in messages if isinstance(m, dict) and m.get("role", "user") == "user"]
-        if users:
-            text = _text(users[-1].get("content"))
-    elif isinstance(messages, str):
-        text = messages
-    elif isinstance(body.get("prompt"), (str, list)):
-        prompt = body["prompt"]
-        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
-    text = " ".join(text.split())
+    text = texts.last_user_text(body) if isinstance(body, dict) else ""
     return text if len(text) <= PROMPT_CHARS else text[: PROMPT_CHARS - 1] + "…"
 
 
 def _body_text(body: dict[str, Any]) -> str:
-    """The answer in a response body of any endpoint."""
-    choices = body.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        first = choices[0]
-        message = first.get("message")
-        if isinstance(message, dict):
-            calls = message.get("tool_calls")
-            if calls:
-                return json.dumps([c.get("function") for c in calls], sort_keys=True)
-            return _text(message.get("content"))
-        return str(first.get("text") or "")
-    if body.get("object") == "response":
-        if isinstance(body.get("output_text"), str):
-            return str(body["output_text"])
-        texts = [
-            _text(item.get("content"))
-            for item in body.get("output") or []
-            if isinstance(item, dict) and item.get("type") == "message"
-        ]
-        return "".join(texts)
+    """The answer in a response body of any endpoint (embeddings and moderations as the
+    JSON of their data)."""
+    text = texts.answer_text(body)
+    if text is not None:
+        return text
     return json.dumps(body.get("data") or body.get("results") or body, sort_keys=True)
 
 
