@@ -3,6 +3,7 @@ the price table behind every batch's ``cost``, and the comparison page in chromi
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -201,6 +202,31 @@ def test_picks_tie_and_undo(server: Cluster, chat: dict[str, Any]) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     for extra in ({}, {"model": SMOL, "x": 1}):
         assert server.http.put(f"{url}/q3", json=extra).status_code == 400
+
+
+def test_picks_export_as_preference_jsonl(server: Cluster, chat: dict[str, Any]) -> None:
+    """The picks so far (q0: SmolLM2, q1: Gemma) become OpenAI preference fine-tuning
+    lines: the request's messages, the picked answer preferred over the other."""
+    cid = chat["id"]
+    rows = {r["custom_id"]: r for r in all_rows(server, cid)}
+    exported = ok(server.http.post(f"/v1/comparisons/{cid}/exports", json={}))
+    assert exported["object"] == "comparison.export" and exported["purpose"] == "fine-tune"
+    differing = [c for c in ("q0", "q1") if not rows[c]["agree"]]
+    assert exported["count"] == len(differing) and exported["skipped"] == 2 - len(differing)
+    lines = [
+        json.loads(x) for x in server.client.files.content(exported["file_id"]).text.splitlines()
+    ]
+    assert len(lines) == exported["count"]
+    for line, custom_id in zip(lines, differing, strict=True):
+        answers = {a["model"]: a["text"] for a in rows[custom_id]["answers"]}
+        winner = SMOL if custom_id == "q0" else GEMMA
+        loser = GEMMA if winner == SMOL else SMOL
+        assert line["input"]["messages"][-1]["role"] == "user"
+        assert rows[custom_id]["prompt"][:20] in line["input"]["messages"][-1]["content"]
+        assert line["preferred_output"] == [{"role": "assistant", "content": answers[winner]}]
+        assert line["non_preferred_output"] == [{"role": "assistant", "content": answers[loser]}]
+    bad = server.http.post(f"/v1/comparisons/{cid}/exports", json={"format": "csv"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "format"
 
 
 def test_comparison_from_an_existing_batch(server: Cluster) -> None:

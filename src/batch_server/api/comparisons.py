@@ -1,5 +1,6 @@
 """Comparisons API (an extension): run one input on 2..N models, read the answers side by
-side with the agreement between the models, and store the pick of the better answer."""
+side with the agreement between the models, store the pick of the better answer, and
+export the picks as preference data."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from batch_server.api.openapi import errors, json_body
 from batch_server.app_context import AppContext
 from batch_server.db.tables import ComparisonRow
 from batch_server.errors import APIError, NotFound
-from batch_server.models import comparisons
+from batch_server.models import comparisons, preferences
 from batch_server.openai_types.comparisons import (
     Comparison,
+    ComparisonExport,
+    ComparisonExportBody,
     ComparisonList,
     ComparisonRows,
     CreateComparisonBody,
@@ -137,3 +140,37 @@ def delete_pick(comparison_id: str, custom_id: str, ctx: Ctx, who: Auth) -> Pick
     row = comparisons.get(ctx.db, comparison_id, who.owns)
     deleted = comparisons.delete_pick(ctx.db, row.id, custom_id)
     return PickDeleted(comparison_id=row.id, custom_id=custom_id, deleted=deleted)
+
+
+@router.post(
+    "/{comparison_id}/exports", openapi_extra=json_body(ComparisonExportBody), responses=errors(404)
+)
+async def export_preferences(
+    comparison_id: str, request: Request, ctx: Ctx, who: Auth
+) -> ComparisonExport:
+    """The picks as OpenAI preference fine-tuning JSONL, written as a File (purpose
+    ``fine-tune``)."""
+    try:
+        body = ComparisonExportBody.model_validate(await json_payload(request) or {})
+    except ValidationError as exc:
+        raise invalid_parameter(exc.errors()[0]) from exc
+    return await run_in_threadpool(_export, ctx, comparison_id, body, who)
+
+
+def _export(
+    ctx: AppContext, comparison_id: str, body: ComparisonExportBody, who: Principal
+) -> ComparisonExport:
+    row = comparisons.get(ctx.db, comparison_id, who.owns)
+    done = preferences.export(ctx.db, ctx.store, row, comparisons.batches_of(ctx.db, [row]))
+    return ComparisonExport(
+        comparison_id=row.id,
+        file_id=done.file.id,
+        filename=done.file.filename,
+        purpose=done.file.purpose,
+        bytes=done.file.bytes,
+        format=body.format,
+        count=done.count,
+        skipped=done.skipped,
+        ties=done.ties,
+        created_at=done.file.created_at,
+    )

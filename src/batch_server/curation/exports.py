@@ -123,20 +123,31 @@ def export(
             param="options",
             code="empty_export",
         )
+    purpose = "fine-tune" if fmt == "openai-finetune-jsonl" else "user_data"
+    filename = f"{collection.name}-v{number}{SUFFIX[fmt]}"
+    row = save_file(db, file_id, purpose, filename, size, collection.owner)
+    return Export(row, fmt, number, tally.count, tally.skipped, tally.tokens)
+
+
+def save_file(
+    db: Database, file_id: str, purpose: str, filename: str, size: int, owner: str | None
+) -> FileRow:
+    """Register bytes written to the store under ``file_id`` as a File (kept until
+    deleted), so the Files API and the SDK fetch an export like any other file."""
     row = FileRow(
         id=file_id,
-        purpose="fine-tune" if fmt == "openai-finetune-jsonl" else "user_data",
-        filename=f"{collection.name}-v{number}{SUFFIX[fmt]}",
+        purpose=purpose,
+        filename=filename,
         bytes=size,
         created_at=int(time.time()),
         expires_at=None,
         status="processed",
         deleted=False,
-        owner=collection.owner,
+        owner=owner,
     )
     with db.write() as s:
         s.add(row)
-    return Export(row, fmt, number, tally.count, tally.skipped, tally.tokens)
+    return row
 
 
 Examples = Callable[[], Iterator[dict[str, Any]]]

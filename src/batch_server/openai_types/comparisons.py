@@ -161,3 +161,25 @@ class ComparisonRows(APIObject):
     data: list[ComparisonRowItem]
     has_more: bool
     next_after: int | None = Field(description="`after` of the next page")
+
+
+class ComparisonExportBody(BaseModel):
+    """``POST /v1/comparisons/{id}/exports``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["openai-preference-jsonl"] = "openai-preference-jsonl"
+
+
+class ComparisonExport(APIObject):
+    object: Literal["comparison.export"] = "comparison.export"
+    comparison_id: str
+    file_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    format: Literal["openai-preference-jsonl"]
+    count: int = Field(description="Lines written: one per pick and model it was picked over")
+    skipped: int = Field(description="Picks left out: the picked or every other answer missing")
+    ties: int = Field(description="Picks of no model (ties): nothing to learn, left out")
+    created_at: int
