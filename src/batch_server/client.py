@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -119,6 +120,24 @@ class Client:
 
     def benchmark(self, benchmark_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/benchmarks/{benchmark_id}")
+
+    # -- collections -------------------------------------------------------------------
+
+    def collection(self, ident: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/collections/{quote(ident, safe='')}")
+
+    def collections(self, limit: int) -> list[dict[str, Any]]:
+        return self._data("GET", "/v1/collections", params={"limit": limit})
+
+    def create_collection(self, name: str, description: str | None) -> dict[str, Any]:
+        body = {"name": name, "description": description}
+        return self._json("POST", "/v1/collections", json=body)
+
+    def add_version(self, collection_id: str, rule: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", f"/v1/collections/{collection_id}/versions", json=rule)
+
+    def export(self, collection_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", f"/v1/collections/{collection_id}/exports", json=body)
 
     def upload(self, path: Path, purpose: str = "batch") -> dict[str, Any]:
         with open(path, "rb") as fh:

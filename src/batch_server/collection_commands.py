@@ -4,59 +4,24 @@ its id and path) and ``collections list | create | add``. COLLECTION is an id or
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
-from batch_server.client import Client, ServerError
 from batch_server.client_commands import (
     DEFAULT_URL,
     JsonOpt,
     KeyOpt,
     UrlOpt,
+    connect,
     console,
     err_console,
 )
 
 FORMATS = ("openai-finetune-jsonl", "few-shot-json", "few-shot-prompt", "csv", "parquet")
-
-
-class CollectionsClient(Client):
-    """The collection routes on top of :class:`Client`."""
-
-    def collection(self, ident: str) -> dict[str, Any]:
-        return self._json("GET", f"/v1/collections/{quote(ident, safe='')}")
-
-    def collections(self, limit: int) -> list[dict[str, Any]]:
-        return self._data("GET", "/v1/collections", params={"limit": limit})
-
-    def create_collection(self, name: str, description: str | None) -> dict[str, Any]:
-        body = {"name": name, "description": description}
-        return self._json("POST", "/v1/collections", json=body)
-
-    def add_version(self, collection_id: str, rule: dict[str, Any]) -> dict[str, Any]:
-        return self._json("POST", f"/v1/collections/{collection_id}/versions", json=rule)
-
-    def export(self, collection_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._json("POST", f"/v1/collections/{collection_id}/exports", json=body)
-
-
-@contextmanager
-def connect(url: str, api_key: str | None) -> Iterator[CollectionsClient]:
-    client = CollectionsClient(url, api_key)
-    try:
-        yield client
-    except ServerError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        client.close()
 
 
 def _labels(value: str | None) -> list[str] | None:
