@@ -142,33 +142,43 @@ function batchPage() {
   actions(refresh);
 }
 
-// Overview: the throughput chart, an inline SVG bar chart drawn from /v1/stats/throughput.
-function drawChart(el, data) {
-  const w = 720, h = 200, pad = 34;
-  const values = data.map((d) => d.output_tokens_per_second);
-  const max = Math.max(1, ...values);
-  const bw = (w - pad) / values.length;
+// An inline SVG bar chart: a bar per {value, title}, the axis labelled with the maximum
+// and zero, and captions under its left and right ends. Returns the maximum.
+function barChart(el, bars, left, right, { pad = 34, maxBarWidth = Infinity } = {}) {
+  const w = 720, h = 200;
+  const max = Math.max(1, ...bars.map((b) => b.value));
+  const bw = (w - pad) / Math.max(bars.length, 1);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${h + 20}`);
   svg.setAttribute("aria-hidden", "true");
-  const add = (tag, attrs, text) => {
+  const add = (tag, attrs, text, parent = svg) => {
     const node = document.createElementNS(ns, tag);
     Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
     if (text !== undefined) node.textContent = text;
-    svg.appendChild(node);
+    parent.appendChild(node);
+    return node;
   };
   add("line", { x1: pad, y1: h, x2: w, y2: h, class: "axis" });
   add("line", { x1: pad, y1: 0, x2: pad, y2: h, class: "axis" });
   add("text", { x: 0, y: 10 }, max.toFixed(0));
   add("text", { x: 0, y: h }, "0");
-  add("text", { x: pad, y: h + 15 }, "−60 min");
-  add("text", { x: w - 30, y: h + 15 }, "now");
-  values.forEach((v, i) => {
-    const bh = (v / max) * (h - 4);
-    add("rect", { x: pad + i * bw + 1, y: h - bh, width: Math.max(bw - 2, 1), height: bh, class: "bar" });
+  add("text", { x: pad, y: h + 15 }, left);
+  add("text", { x: w, y: h + 15, "text-anchor": "end" }, right);
+  bars.forEach((b, i) => {
+    const bh = (b.value / max) * (h - 4);
+    const width = Math.max(Math.min(bw - 2, maxBarWidth), 1);
+    const bar = add("rect", { x: pad + i * bw + 1, y: h - bh, width, height: bh, class: "bar" });
+    if (b.title) add("title", {}, b.title, bar);
   });
   el.replaceChildren(svg);
+  return max;
+}
+
+// Overview: the throughput chart, drawn from /v1/stats/throughput.
+function drawChart(el, data) {
+  const values = data.map((d) => d.output_tokens_per_second);
+  const max = barChart(el, values.map((value) => ({ value })), "−60 min", "now");
   const recent = values.slice(-5);
   const avg = recent.reduce((a, b) => a + b, 0) / recent.length;
   const total = data.reduce((a, d) => a + d.requests_per_second * 60, 0);
