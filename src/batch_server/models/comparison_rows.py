@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import select
 
 from batch_server.curation import texts
+from batch_server.curation.examples import parsed_fields
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, ResultRow
+from batch_server.jobs.reports import file_lines
 from batch_server.jobs.validation import iter_lines
 from batch_server.statuses import LIVE
 from batch_server.storage import FileStore
@@ -128,19 +130,8 @@ class _FileCursor:
     """Results of a finalized batch: its output and error files, both in input order."""
 
     def __init__(self, store: FileStore, file_ids: list[str | None]) -> None:
-        self.streams = [self._lines(store, f) for f in file_ids if f]
+        self.streams = [(json.loads(x) for x in file_lines(store, f)) for f in file_ids if f]
         self.heads: list[dict[str, Any] | None] = [next(s, None) for s in self.streams]
-
-    @staticmethod
-    def _lines(store: FileStore, file_id: str) -> Iterator[dict[str, Any]]:
-        try:
-            fh = store.open(file_id)
-        except FileNotFoundError:
-            return
-        with fh:
-            for raw in fh:
-                if raw.strip():
-                    yield json.loads(raw)
 
     def skip(self, index: int, custom_id: str | None) -> None:
         """Move past the request's answer (the files can only be read from the start)."""
@@ -200,17 +191,6 @@ def page(rows: Iterator[Row], limit: int, disagree: bool = False) -> tuple[list[
 # -- agreement ---------------------------------------------------------------------------------
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    text = text.strip()
-    if text.startswith("```"):  # a fenced block: ```json … ```
-        text = text.strip("`").removeprefix("json").strip()
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 @dataclass
 class AgreementCounter:
     """Exact-match and per-field agreement over the rows every model answered."""
@@ -231,7 +211,7 @@ class AgreementCounter:
         self.all_equal += len(set(texts)) == 1
         for i, j in combinations(range(len(texts)), 2):
             self.pairs[(i, j)] = self.pairs.get((i, j), 0) + (texts[i] == texts[j])
-        objects = [_json_object(t) for t in texts]
+        objects = [parsed_fields(t) for t in texts]
         if any(o is None for o in objects):
             return
         self.json_requests += 1
