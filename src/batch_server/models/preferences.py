@@ -23,6 +23,7 @@ from batch_server.curation.texts import answer_text
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, ComparisonPickRow, ComparisonRow, FileRow
 from batch_server.errors import APIError
+from batch_server.models.comparisons import pick_counts
 from batch_server.storage import FileStore
 
 FORMAT = "openai-preference-jsonl"
@@ -58,7 +59,7 @@ def export(
                 out.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
                 count += 1
         size = out.tell()
-    ties = sum(1 for _ in _tie_picks(db, row.id))
+    ties = int(pick_counts(db, row.id, list(row.batches))["ties"])
     if count == 0:
         store.delete(file_id)
         raise APIError(
@@ -116,13 +117,3 @@ def _picks(db: Database, comparison_id: str) -> dict[str, str]:
             )
         ).all()
     return {custom_id: model for custom_id, model in rows if model is not None}
-
-
-def _tie_picks(db: Database, comparison_id: str) -> Iterator[str]:
-    with db.read() as s:
-        yield from s.execute(
-            select(ComparisonPickRow.custom_id).where(
-                ComparisonPickRow.comparison_id == comparison_id,
-                ComparisonPickRow.model.is_(None),
-            )
-        ).scalars()
