@@ -21,8 +21,9 @@ from batch_server.app_context import AppContext
 from batch_server.db.tables import BatchRow
 from batch_server.errors import APIError, NotFound
 from batch_server.jobs import admission, lifecycle, reports
-from batch_server.jobs.manager import InputGone
+from batch_server.jobs.manager import InputGone, NewBatch
 from batch_server.jobs.validation import validate_input
+from batch_server.models.registry import Registry
 from batch_server.openai_types import Batch, CreateBatchBody
 
 
@@ -34,15 +35,23 @@ def parse_create_body(payload: Any) -> CreateBatchBody:
         raise invalid_parameter(exc.errors()[0]) from exc
 
 
-def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> Batch:
-    new = admission.admit(
+def admit(
+    ctx: AppContext, body: CreateBatchBody, who: Principal, registry: Registry | None = None
+) -> NewBatch:
+    """The caller's batch as admission accepts it (see :func:`admission.admit`), its input
+    file looked up among the caller's files; ``registry``: a snapshot already taken."""
+    return admission.admit(
         ctx.settings,
-        ctx.models.current(),
+        registry or ctx.models.current(),
         ctx.db,
         body,
         lambda file_id: get_file(ctx, file_id, who),
         who.owner,
     )
+
+
+def create(ctx: AppContext, body: CreateBatchBody, who: Principal) -> Batch:
+    new = admit(ctx, body, who)
     try:
         row = ctx.jobs.create_batch(new)
     except InputGone as exc:  # deleted meanwhile

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from batch_server.api.auth import Auth, Principal
+from batch_server.api.batch_creation import admit
 from batch_server.api.deps import Ctx, check_limit
 from batch_server.api.files import creation_limits, get_file, store_upload
 from batch_server.api.openapi import errors
@@ -81,14 +82,7 @@ def _queue(
     create = CreateBatchBody(
         input_file_id=dataset.file_id, endpoint=dataset.endpoint, model=model, metadata=metadata
     )
-    new = admission.admit(
-        ctx.settings,
-        ctx.models.current(),
-        ctx.db,
-        create,
-        lambda f: get_file(ctx, f, who),
-        who.owner,
-    )
+    new = admit(ctx, create, who)
     try:
         batch = ctx.jobs.create_batch(dataclasses.replace(new, kind="benchmark"))
     except InputGone as exc:

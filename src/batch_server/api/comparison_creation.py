@@ -6,12 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from batch_server.api.auth import Principal
-from batch_server.api.batch_creation import load
-from batch_server.api.files import get_file
+from batch_server.api.batch_creation import admit, load
 from batch_server.app_context import AppContext
 from batch_server.db.tables import ComparisonRow
 from batch_server.errors import APIError, NotFound
-from batch_server.jobs import admission
 from batch_server.jobs.manager import InputGone
 from batch_server.models import comparison_rows, comparisons
 from batch_server.openai_types import CreateBatchBody
@@ -37,10 +35,8 @@ def start(ctx: AppContext, body: CreateComparisonBody, who: Principal) -> Compar
         input_file_id, endpoint = source.input_file_id, endpoint or source.endpoint
     assert input_file_id is not None
     admitted = [
-        admission.admit(
-            ctx.settings,
-            registry,
-            ctx.db,
+        admit(
+            ctx,
             CreateBatchBody(
                 input_file_id=input_file_id,
                 endpoint=endpoint or DEFAULT_ENDPOINT,
@@ -48,8 +44,8 @@ def start(ctx: AppContext, body: CreateComparisonBody, who: Principal) -> Compar
                 metadata=body.metadata,
                 model=model,
             ),
-            lambda file_id: get_file(ctx, file_id, who),
-            who.owner,
+            who,
+            registry,
         )
         for model in models
     ]
