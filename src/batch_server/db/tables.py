@@ -150,6 +150,12 @@ class ResultRow(Base):
     is_error: Mapped[bool] = mapped_column(Boolean)
     payload: Mapped[str] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
+    # From the plugins (batch_server.plugins), written with the result: the fields a parser
+    # made of the answer (checked against its template's output schema), a parse or rating
+    # failure (with the plugin's name), and the automatic ratings.
+    fields: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    plugin_error: Mapped[str | None] = mapped_column(Text)
+    ratings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class BatchEventRow(Base):
@@ -488,3 +494,89 @@ class LabelStudioTaskRow(Base):
     task_id: Mapped[int] = mapped_column(Integer)
     pushed_at: Mapped[float] = mapped_column(Float)
     pulled_at: Mapped[float | None] = mapped_column(Float)
+
+
+class PluginStateRow(Base):
+    """A plugin switched on or off through the admin API; every worker and API replica
+    obeys it. A plugin without a row is enabled (unless it failed to load)."""
+
+    __tablename__ = "plugin_states"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class FineTuningJobRow(Base):
+    """A fine-tuning job (``POST /v1/fine_tuning/jobs``), in OpenAI's shape. A worker claims
+    it with a lease like a work unit; ``step`` is the last step saved in a checkpoint, where
+    a worker that takes the job over resumes."""
+
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (Index("ix_fine_tuning_jobs_claim", "status", "lease_expires_at"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64))
+    # {"type": "supervised", "supervised": {"hyperparameters": {...}}} as asked for, and
+    # the hyperparameters as resolved ("auto" replaced by the values used).
+    method: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    # validating_files | queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(24))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(256))
+    result_files: Mapped[list[str] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class FineTuningEventRow(Base):
+    """An event of a fine-tuning job (``GET …/events``). ``key`` (e.g. ``step:12``) makes an
+    event written again after a resume from a checkpoint a no-op instead of a duplicate."""
+
+    __tablename__ = "fine_tuning_events"
+    __table_args__ = (UniqueConstraint("job_id", "key"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    level: Mapped[str] = mapped_column(String(8))
+    type: Mapped[str] = mapped_column(String(16))  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    key: Mapped[str | None] = mapped_column(String(64))
+
+
+class FineTuningCheckpointRow(Base):
+    """A saved training state of a job (the adapter, optimizer and scheduler), kept in the
+    file store under ``location`` so a worker on another host can resume from it."""
+
+    __tablename__ = "fine_tuning_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(256))
+    location: Mapped[str] = mapped_column(String(1024))
