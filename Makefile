@@ -114,6 +114,7 @@ bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_eta.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_fuzz.py
+	$(PY) benchmarks/bench_fine_tuning.py
 
 # wrk drives bench-load's HTTP load from a second process (Debian's package).
 wrk:

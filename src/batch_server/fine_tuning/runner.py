@@ -43,7 +43,7 @@ class TrainingSpec:
     resume_from: Path | None = None  # a checkpoint directory of an earlier run of this job
     seed: int = 0
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
-    threads: int = 0  # torch threads; 0: torch's default (all cores)
+    threads: int = 0  # torch threads; 0: every core but one (train_process.training_threads)
     max_length: int = 2048  # tokens of an example; longer ones are cut
     chat_template: str | None = None  # ModelSpec.chat_template, when the weights carry none
     nice: int = 0  # added niceness, so the API stays responsive on a small machine
@@ -119,8 +119,8 @@ def parse_event(line: str) -> Event | None:
 def child_environment(spec: TrainingSpec) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if spec.threads > 0:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.threads)
+    threads = spec.threads if spec.threads > 0 else max(1, (os.cpu_count() or 1) - 1)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env | spec.env
 
 

@@ -245,10 +245,8 @@ class Trainer:
         self.seed = int(spec.get("seed") or 0)
         self.work_dir = Path(spec["work_dir"])
         self.every = int(spec.get("checkpoint_every_steps") or 0)
-        threads = int(spec.get("threads") or 0)
-        if threads > 0:
-            torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.set_num_threads(training_threads(int(spec.get("threads") or 0), self.device.type))
         torch.manual_seed(self.seed)
         self._load_model()
         max_length = int(spec.get("max_length") or 2048)
@@ -431,6 +429,18 @@ class Trainer:
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+
+
+def training_threads(asked: int, device: str) -> int:
+    """Threads of torch's CPU kernels: ``asked``, or else every core but one on a CPU (the
+    API and the worker keep one; on two cores one thread also trains faster than two
+    that compete with the server: docs/training.md), and every core with a GPU."""
+    if asked > 0:
+        return asked
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if device != "cpu":
+        return max(1, cores or 1)
+    return max(1, (cores or 1) - 1)
 
 
 def peak_memory() -> int:
