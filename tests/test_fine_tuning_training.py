@@ -17,10 +17,19 @@ from typing import Any
 import psutil
 import pytest
 
-from batch_server.config import ModelSpec
+from batch_server.config import (
+    DEFAULT_MODEL_ID,
+    EMBEDDING_MODEL_ID,
+    VLLM_MODEL_ID,
+    ModelNotAvailable,
+    ModelSpec,
+    Settings,
+    default_models,
+)
 from batch_server.engines import start_engine
 from batch_server.engines.base import EngineRequest
 from batch_server.fine_tuning import hyperparameters
+from batch_server.fine_tuning.base_models import base_checkpoint, trainable
 from batch_server.fine_tuning.merge import merge_adapter
 from batch_server.fine_tuning.runner import (
     CheckpointEvent,
@@ -290,3 +299,21 @@ def test_auto_hyperparameters_follow_openai_rules() -> None:
     ):
         with pytest.raises(hyperparameters.HyperparameterError):
             hyperparameters.resolve(bad, 20)
+
+
+def test_which_models_train_and_on_what(base: Path, merged: Path, tmp_path: Path) -> None:
+    models = default_models()
+    assert trainable(models[DEFAULT_MODEL_ID]) is None
+    assert trainable(models[VLLM_MODEL_ID]) is None
+    assert "embedding" in (trainable(models[EMBEDDING_MODEL_ID]) or "")
+    upstream = ModelSpec(engine="openai", engine_args={"base_url": "http://127.0.0.1:1/v1"})
+    assert "upstream" in (trainable(upstream) or "")
+    assert trainable(ModelSpec(engine="moderation", path="x.h5")) is not None
+    # the vLLM engine's copy of the GGUF, when it has one; a checkpoint directory as it is
+    settings = Settings(data_dir=base.parent.parent)
+    assert base_checkpoint(settings, models[VLLM_MODEL_ID], VLLM_MODEL_ID) == base
+    assert base_checkpoint(settings, ModelSpec(engine="vllm", path=str(merged))) == merged
+    with pytest.raises(ModelNotAvailable):
+        base_checkpoint(settings, upstream)
+    with pytest.raises(ModelNotAvailable):
+        base_checkpoint(settings, ModelSpec(engine="vllm", path=str(tmp_path)))
