@@ -108,6 +108,9 @@ def test_loss_goes_down_with_a_checkpoint_every_epoch(full_run: list[Event]) -> 
     # validation loss at each epoch's end, falling too
     valid = [e.valid_loss for e in s if e.valid_loss is not None]
     assert len(valid) == 4 and valid[-1] < valid[0] / 10, valid
+    assert [e.valid_accuracy is None for e in s] == [e.valid_loss is None for e in s]
+    assert s[-1].train_accuracy == 1.0 and s[-1].valid_accuracy == 1.0
+    assert s[0].train_accuracy is not None and s[0].train_accuracy < 0.9
     # a checkpoint at the end of each epoch but the last (then the adapter is the result)
     checkpoints = [e for e in full_run if isinstance(e, CheckpointEvent)]
     assert [c.step for c in checkpoints] == [5, 10, 15]

@@ -64,6 +64,10 @@ class StepEvent:
     valid_loss: float | None
     trained_tokens: int
     elapsed: float
+    # share of trained tokens predicted right (OpenAI's train_accuracy and
+    # valid_mean_token_accuracy); the validation figure only where valid_loss is
+    train_accuracy: float | None = None
+    valid_accuracy: float | None = None
 
 
 @dataclass

@@ -8,7 +8,7 @@ Out, one JSON object a line on stdout (everything else the libraries print goes 
 stderr)::
 
     {"type":"step","step":N,"total_steps":T,"epoch":E,"train_loss":x,"valid_loss":y|null,
-     "trained_tokens":K,"elapsed":s}
+     "train_accuracy":a,"valid_accuracy":b|null,"trained_tokens":K,"elapsed":s}
     {"type":"checkpoint","step":N,"dir":"/path"}
     {"type":"done","adapter_dir":"/path","trained_tokens":K,"seconds":s,"peak_memory_bytes":M}
     {"type":"stopped","step":N}
@@ -217,8 +217,9 @@ def collate(batch: list[Example], pad_id: int, device: Any) -> dict[str, Any]:
     }
 
 
-def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """Summed cross-entropy over the trained tokens of ``batch``, and their count."""
+def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int, int]:
+    """Summed cross-entropy over the trained tokens of ``batch``, their count, and how
+    many of them the model predicted (greedy: OpenAI's token accuracy)."""
     import torch
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -230,7 +231,9 @@ def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
         ignore_index=IGNORE,
         reduction="sum",
     )
-    return loss, int((targets != IGNORE).sum())
+    trained = targets != IGNORE
+    correct = int(((shifted.argmax(-1) == targets) & trained).sum())
+    return loss, int(trained.sum()), correct
 
 
 # -- training -----------------------------------------------------------------------------
@@ -317,7 +320,9 @@ class Trainer:
             batch = self.batch_for(step)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(step)
-            loss_sum, count = token_loss(self.model, collate(batch, self.pad_id, self.device))
+            loss_sum, count, correct = token_loss(
+                self.model, collate(batch, self.pad_id, self.device)
+            )
             loss = loss_sum / max(1, count)
             self.optimizer.zero_grad(set_to_none=True)
             if count:
@@ -331,13 +336,16 @@ class Trainer:
             epoch_end = step % self.per_epoch == 0
             checkpoint = epoch_end or (self.every > 0 and step % self.every == 0)
             valid = self.valid_loss() if checkpoint and self.valid else None
+            accuracy = correct / max(1, count)
             self.emit(
                 "step",
                 step=step,
                 total_steps=self.total,
                 epoch=(step - 1) // self.per_epoch + 1,
                 train_loss=round(float(loss.item()), 6),
-                valid_loss=None if valid is None else round(valid, 6),
+                valid_loss=None if valid is None else round(valid[0], 6),
+                train_accuracy=round(accuracy, 6),
+                valid_accuracy=None if valid is None else round(valid[1], 6),
                 trained_tokens=self.trained_tokens,
                 elapsed=round(self.elapsed_before + time.monotonic() - started, 3),
             )
@@ -357,18 +365,19 @@ class Trainer:
             peak_memory_bytes=peak_memory(),
         )
 
-    def valid_loss(self) -> float:
+    def valid_loss(self) -> tuple[float, float]:
+        """Mean loss and token accuracy over the validation file's trained tokens."""
         import torch
 
         self.model.eval()
-        total, count = 0.0, 0
+        total, count, correct = 0.0, 0, 0
         with torch.no_grad():
             for i in range(0, len(self.valid), self.batch_size):
                 chunk = self.valid[i : i + self.batch_size]
-                loss, n = token_loss(self.model, collate(chunk, self.pad_id, self.device))
-                total, count = total + float(loss), count + n
+                loss, n, right = token_loss(self.model, collate(chunk, self.pad_id, self.device))
+                total, count, correct = total + float(loss), count + n, correct + right
         self.model.train()
-        return total / max(1, count)
+        return total / max(1, count), correct / max(1, count)
 
     # -- checkpoints ----------------------------------------------------------------------
 
