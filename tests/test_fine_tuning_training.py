@@ -138,17 +138,24 @@ def test_stop_ends_the_run_after_the_current_step(
         assert run.proc.wait(30) == 0
     stopped = seen[-1]
     assert isinstance(stopped, StoppedEvent), seen[-1]
+    assert not any(isinstance(e, CheckpointEvent) for e in seen)  # a cancel keeps nothing
     last = steps(seen)[-1].step
     assert stopped.step == last and 2 <= last <= 3
 
 
-def test_sigterm_stops_it_too(base: Path, files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_sigterm_stops_it_too_and_keeps_the_step(
+    base: Path, files: tuple[Path, Path], tmp_path: Path
+) -> None:
     with TrainingRun(spec_for(base, files, tmp_path)) as run:
+        seen = []
         for event in run.events():
             if isinstance(event, StepEvent) and event.step == 1:
                 os.kill(run.pid, signal.SIGTERM)
-            last = event
-    assert isinstance(last, StoppedEvent) and last.step <= 2
+            seen.append(event)
+    checkpoint, stopped = seen[-2:]
+    assert isinstance(stopped, StoppedEvent) and stopped.step <= 2, seen
+    assert isinstance(checkpoint, CheckpointEvent) and checkpoint.step == stopped.step
+    assert (checkpoint.dir / "optimizer.pt").exists()
 
 
 def test_kill_9_then_resume_from_the_checkpoint_trains_the_same_steps(
@@ -294,6 +301,7 @@ def test_auto_hyperparameters_follow_openai_rules() -> None:
         "batch_size": 1,
         "learning_rate_multiplier": 2.0,
     }
+    assert hyperparameters.complete(hyperparameters.openai_view(given)) == given
     for bad in (
         {"n_epochs": 0},
         {"batch_size": "big"},

@@ -14,7 +14,8 @@ stderr)::
     {"type":"stopped","step":N}
     {"type":"error","code":"...","message":"..."}
 
-In: a line ``stop`` on stdin (or SIGTERM) stops the run after the current step. End of
+In: a line ``stop`` on stdin stops the run after the current step; ``stop checkpoint`` (or
+SIGTERM) also writes a checkpoint of that step first, unless it just had one. End of
 stdin means the parent is gone: the process exits (so does it when the parent dies:
 ``PR_SET_PDEATHSIG`` and a parent-pid check).
 
@@ -45,6 +46,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from batch_server.fine_tuning.hyperparameters import complete
 
 PR_SET_PDEATHSIG = 1
 ADAPTER_DIR = "adapter"  # inside work_dir: the finished adapter
@@ -102,12 +105,16 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _listen(stop: threading.Event, stdin: IO[str]) -> None:
-    """``stop`` lines set the flag; the end of stdin (the parent is gone) ends us."""
+def _listen(stop: threading.Event, keep: threading.Event, stdin: IO[str]) -> None:
+    """``stop [checkpoint]`` lines set the flags; the end of stdin (the parent is gone)
+    ends us."""
 
     def read() -> None:
         for line in stdin:
-            if line.strip() == "stop":
+            words = line.split()
+            if words[:1] == ["stop"]:
+                if words[1:] == ["checkpoint"]:
+                    keep.set()
                 stop.set()
         os._exit(1)
 
@@ -240,11 +247,18 @@ def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int, int]:
 
 
 class Trainer:
-    def __init__(self, spec: dict[str, Any], emit: Emitter, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        emit: Emitter,
+        stop: threading.Event,
+        keep: threading.Event | None = None,
+    ) -> None:
         import torch
 
         self.spec, self.emit, self.stop = spec, emit, stop
-        self.hp = spec["hyperparameters"]
+        self.keep = keep or threading.Event()  # a stop keeps its step in a checkpoint
+        self.hp = complete(spec["hyperparameters"])
         self.seed = int(spec.get("seed") or 0)
         self.work_dir = Path(spec["work_dir"])
         self.every = int(spec.get("checkpoint_every_steps") or 0)
@@ -349,10 +363,11 @@ class Trainer:
                 trained_tokens=self.trained_tokens,
                 elapsed=round(self.elapsed_before + time.monotonic() - started, 3),
             )
-            if checkpoint and step < self.total:
+            stopping = self.stop.is_set() and step < self.total
+            if step < self.total and (checkpoint or (stopping and self.keep.is_set())):
                 elapsed = self.elapsed_before + time.monotonic() - started
                 self.emit("checkpoint", step=step, dir=str(self.save_checkpoint(elapsed)))
-            if self.stop.is_set() and step < self.total:
+            if stopping:
                 self.emit("stopped", step=step)
                 return
         adapter = self.work_dir / ADAPTER_DIR
@@ -476,16 +491,21 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     emit = Emitter(protocol)
-    stop = threading.Event()
+    stop, keep = threading.Event(), threading.Event()
     try:
         spec = _read_spec(argv)
         parent = int(spec.get("parent_pid") or os.getppid())
         _die_with_parent(parent)
-        _listen(stop, sys.stdin)
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        _listen(stop, keep, sys.stdin)
+
+        def terminate(*_: object) -> None:
+            keep.set()
+            stop.set()
+
+        signal.signal(signal.SIGTERM, terminate)
         with contextlib.suppress(OSError):
             os.nice(int(spec.get("nice", 0)))
-        Trainer(spec, emit, stop).run()
+        Trainer(spec, emit, stop, keep).run()
         return 0
     except TrainingError as exc:
         emit("error", code=exc.code, message=str(exc))
