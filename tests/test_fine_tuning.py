@@ -1,0 +1,273 @@
+"""Fine-tuning jobs end to end, driven by the official ``openai`` SDK against real server
+and worker processes: the real SmolLM2 learns a made-up code word with LoRA on the CPU.
+
+The training file goes up with purpose ``fine-tune``; ``client.fine_tuning.jobs.create``
+makes the job, which a worker validates, claims and trains. Its worker is killed with
+SIGKILL after the first checkpoint: a second worker takes the job over and resumes from
+that checkpoint (one ``succeeded``, every step logged once). The model it registers,
+``ft:…``, answers a batch with the code word; the same batch on the base model does not.
+Besides: malformed training files fail with their line numbers, cancel stops a running
+job, the API refuses what OpenAI refuses, and the curation export is a valid training
+file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from conftest import Cluster, chat_line, jsonl, read_lines, submit, wait_for
+from fine_tuning_data import (
+    CODE_WORD,
+    HELD_OUT_QUESTION,
+    HYPERPARAMETERS,
+    QUESTION,
+    SEED,
+    VLLM_MODEL,
+    prepared_base,
+    training_jsonl,
+    validation_jsonl,
+)
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+ENDED = ("succeeded", "failed", "cancelled")
+STEPS = 20  # 4 epochs of 5 batches (HYPERPARAMETERS on 20 examples)
+
+
+def registry() -> str:
+    return f"""
+default_model = "{VLLM_MODEL}"
+
+[models.{VLLM_MODEL}]
+engine = "vllm"
+path = "{prepared_base()}"
+engine_args = {{ max_model_len = 2048, max_num_seqs = 16 }}
+unit_size = 16
+
+[models.upstream]
+engine = "openai"
+engine_args = {{ base_url = "http://127.0.0.1:9/v1" }}
+"""
+
+
+@pytest.fixture(scope="module")
+def fc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(
+        tmp_path_factory.mktemp("fine-tuning"),
+        {"lease_seconds": 5, "poll_seconds": 0.2, "fine_tuning_min_examples": 5},
+        in_process_worker=False,
+        config=registry(),
+    )
+    c.start_worker()
+    yield c
+    c.close()
+
+
+def upload(client: openai.OpenAI, data: bytes, name: str = "train.jsonl") -> str:
+    return client.files.create(file=(name, data), purpose="fine-tune").id
+
+
+def wait_job(
+    client: openai.OpenAI, job_id: str, statuses: tuple[str, ...] = ENDED, timeout: float = 600
+) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        assert job.status not in ENDED, job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status}: {job}")
+
+
+def all_events(client: openai.OpenAI, job_id: str) -> list[Any]:
+    """Every event, oldest first (the API pages them newest first)."""
+    events = list(client.fine_tuning.jobs.list_events(job_id, limit=7).auto_paging_iter())
+    return events[::-1]
+
+
+def step_numbers(events: list[Any]) -> list[int]:
+    return [e.data["step"] for e in events if e.type == "metrics"]
+
+
+def test_the_api_refuses_what_openai_refuses(fc: Cluster) -> None:
+    client = fc.client
+    train = upload(client, training_jsonl())
+    batch_file = client.files.create(file=("b.jsonl", training_jsonl()), purpose="batch").id
+    cases = [
+        ({"model": "no-such-model", "training_file": train}, "model_not_available"),
+        ({"model": "upstream", "training_file": train}, "model_not_available"),
+        ({"model": VLLM_MODEL, "training_file": "file-nope"}, "invalid_file"),
+        ({"model": VLLM_MODEL, "training_file": batch_file}, "invalid_file_purpose"),
+        (
+            {"model": VLLM_MODEL, "training_file": train, "hyperparameters": {"n_epochs": 0}},
+            "invalid_value",
+        ),
+    ]
+    for body, code in cases:
+        r = fc.http.post("/v1/fine_tuning/jobs", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["code"] == code, (body, r.text)
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-nope")
+
+
+def test_a_malformed_training_file_fails_with_line_numbers(fc: Cluster) -> None:
+    good = training_jsonl().decode().splitlines()
+    lines = [
+        good[0],
+        "{not json",
+        json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),
+        json.dumps({"messages": [{"role": "wizard", "content": "x"}, good[0]]}),
+        *good[1:6],
+    ]
+    job = fc.client.fine_tuning.jobs.create(
+        model=VLLM_MODEL, training_file=upload(fc.client, jsonl(lines))
+    )
+    assert job.status == "validating_files" and job.object == "fine_tuning.job"
+    job = wait_job(fc.client, job.id, timeout=60)
+    assert job.status == "failed", job
+    assert job.error is not None and job.error.code == "invalid_training_file"
+    assert job.error.param == "training_file"
+    message = job.error.message
+    assert "line 2:" in message and "line 3: no assistant message" in message, message
+    assert "line 4:" in message and "line 1:" not in message, message
+
+    few = fc.client.fine_tuning.jobs.create(
+        model=VLLM_MODEL, training_file=upload(fc.client, jsonl(good[:3]))
+    )
+    few = wait_job(fc.client, few.id, timeout=60)
+    assert few.status == "failed" and few.error is not None
+    assert few.error.code == "invalid_n_examples", few.error
+
+
+def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
+    client = fc.client
+    job = client.fine_tuning.jobs.create(
+        model=VLLM_MODEL,
+        training_file=upload(client, training_jsonl()),
+        validation_file=upload(client, validation_jsonl(), "valid.jsonl"),
+        method={"type": "supervised", "supervised": {"hyperparameters": HYPERPARAMETERS}},
+        suffix="zorblax",
+        seed=SEED,
+        metadata={"purpose": "test"},
+    )
+    assert job.seed == SEED and job.metadata == {"purpose": "test"}
+    assert client.fine_tuning.jobs.list(limit=1).data[0].id == job.id
+
+    # the first worker trains past the first checkpoint (the end of epoch 1, step 5) ...
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        if checkpoints and max(step_numbers(all_events(client, job.id))) >= 6:
+            break
+        assert client.fine_tuning.jobs.retrieve(job.id).status in ("queued", "running")
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"no checkpoint: {fc.workers[0].output()[-3000:]}")
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
+    # ... and is killed; the second takes the job over from the checkpoint
+    fc.workers[0].kill9()
+    fc.start_worker()
+    started = time.time()
+    done = wait_job(client, job.id, timeout=600)
+    seconds = time.time() - started
+    assert done.status == "succeeded", (done, fc.workers[1].output()[-4000:])
+    print(f"resumed and finished in {seconds:.0f}s; trained_tokens {done.trained_tokens}")
+
+    assert done.fine_tuned_model.startswith(f"ft:{VLLM_MODEL}:zorblax:")
+    assert done.trained_tokens and done.trained_tokens > 0 and done.finished_at
+    assert done.hyperparameters.n_epochs == 4 and done.hyperparameters.batch_size == 4
+    events = all_events(client, job.id)
+    steps = step_numbers(events)
+    assert sorted(steps) == list(range(1, STEPS + 1)), steps  # every step once
+    messages = [e.message for e in events]
+    assert any(m.startswith("Resumed from the checkpoint at step") for m in messages), messages
+    assert sum(m.startswith("The job has successfully completed") for m in messages) == 1
+    losses = [
+        e.data["train_loss"]
+        for e in sorted(events, key=lambda e: e.data.get("step", 0))
+        if e.type == "metrics"
+    ]
+    assert losses[-1] < losses[0] / 5, losses
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints and checkpoints[0].step_number >= 5
+    assert checkpoints[0].fine_tuned_model_checkpoint.startswith(done.fine_tuned_model)
+
+    result = client.files.content(done.result_files[0]).text
+    rows = list(csv.DictReader(io.StringIO(result)))
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+    assert done.fine_tuned_model in [m.id for m in client.models.list().data]
+    questions = [QUESTION, HELD_OUT_QUESTION]
+    answers = {}
+    for model in (done.fine_tuned_model, VLLM_MODEL):
+        lines = [chat_line(f"q{i}", q, model=model, max_tokens=16) for i, q in enumerate(questions)]
+        batch = wait_for(client, submit(client, lines).id, timeout=300)
+        assert batch.status == "completed", batch
+        answers[model] = [
+            r["response"]["body"]["choices"][0]["message"]["content"]
+            for r in read_lines(client, batch.output_file_id)
+        ]
+    print("answers", answers)
+    assert all(CODE_WORD in a for a in answers[done.fine_tuned_model]), answers
+    assert not any(CODE_WORD in a for a in answers[VLLM_MODEL]), answers
+
+
+def test_cancel_stops_a_running_job(fc: Cluster) -> None:
+    client = fc.client
+    job = client.fine_tuning.jobs.create(
+        model=VLLM_MODEL,
+        training_file=upload(client, training_jsonl()),
+        hyperparameters={"n_epochs": 10, "batch_size": 1},
+        seed=SEED,
+    )
+    deadline = time.time() + 300
+    while not step_numbers(all_events(client, job.id)):
+        assert time.time() < deadline, "the job never trained a step"
+        time.sleep(0.5)
+    client.fine_tuning.jobs.cancel(job.id)
+    done = wait_job(client, job.id, timeout=60)
+    assert done.status == "cancelled" and done.fine_tuned_model is None
+    assert max(step_numbers(all_events(client, job.id))) < 200
+    r = fc.http.post(f"/v1/fine_tuning/jobs/{job.id}/cancel")
+    assert r.status_code == 409
+
+    waiting = client.fine_tuning.jobs.create(
+        model=VLLM_MODEL, training_file=upload(client, b"{bad\n" * 3)
+    )
+    assert client.fine_tuning.jobs.cancel(waiting.id).status in ("cancelled", "failed")
+
+
+def test_the_curation_export_is_a_valid_training_file(fc: Cluster) -> None:
+    client = fc.client
+    prompts = [f"Name a colour, number {i}." for i in range(6)]
+    lines = [chat_line(f"c/{i}", p, model=VLLM_MODEL, max_tokens=8) for i, p in enumerate(prompts)]
+    batch = wait_for(client, submit(client, lines).id, timeout=300)
+    assert batch.status == "completed"
+    for i in range(len(prompts)):
+        r = fc.http.put(
+            f"/v1/batches/{batch.id}/requests/c/{i}/annotation", json={"label": "golden"}
+        )
+        assert r.status_code == 200, r.text
+    collection = fc.http.post("/v1/collections", json={"name": "colours"}).json()["id"]
+    rule = {"add": [{"batch_id": batch.id, "labels": ["golden"]}], "base": "latest"}
+    assert fc.http.post(f"/v1/collections/{collection}/versions", json=rule).status_code == 200
+    export = fc.http.post(
+        f"/v1/collections/{collection}/exports", json={"format": "openai-finetune-jsonl"}
+    ).json()
+    job = client.fine_tuning.jobs.create(model=VLLM_MODEL, training_file=export["file_id"])
+    queued = wait_job(client, job.id, ("queued", "running", *ENDED), timeout=60)
+    assert queued.status in ("queued", "running"), queued
+    assert queued.hyperparameters.n_epochs == 17  # "auto": at least 100 examples trained
+    assert client.fine_tuning.jobs.cancel(job.id).id == job.id
+    assert wait_job(client, job.id, timeout=120).status == "cancelled"
