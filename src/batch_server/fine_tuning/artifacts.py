@@ -16,7 +16,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from batch_server import ids
 from batch_server.config import TEXT_ENDPOINTS, ModelSpec, Settings
+from batch_server.curation.exports import save_file
+from batch_server.db.session import Database
+from batch_server.fine_tuning import jobs
 from batch_server.storage import FileStore
 
 T = TypeVar("T")
@@ -82,6 +86,16 @@ def results_csv(steps: Iterable[dict[str, Any]]) -> bytes:
     for data in steps:
         writer.writerow(["" if data.get(c) is None else data.get(c) for c in RESULT_COLUMNS])
     return buffer.getvalue().encode()
+
+
+def store_results(db: Database, store: FileStore, job_id: str, owner: str | None) -> str:
+    """Write the job's result CSV as a File of purpose ``fine-tune-results``; its id."""
+    data = results_csv(jobs.step_metrics(db, job_id))
+    file_id = ids.file_id()
+    with store.writer(file_id) as out:
+        out.write(data)
+    save_file(db, file_id, "fine-tune-results", "step_metrics.csv", len(data), owner)
+    return file_id
 
 
 def fine_tuned_spec(base: ModelSpec, merged: Path, context: int) -> ModelSpec:

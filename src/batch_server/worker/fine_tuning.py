@@ -14,9 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from batch_server import ids
 from batch_server.config import ModelNotAvailable, ModelSpec, Settings
-from batch_server.curation.exports import save_file
 from batch_server.fine_tuning import artifacts, base_models, jobs, merge
 from batch_server.fine_tuning.runner import (
     CheckpointEvent,
@@ -158,12 +156,8 @@ class FineTuning:
                 steps += 1
                 rate = (time.monotonic() - started) / steps
                 finish = int(time.time() + rate * (event.total_steps - event.step))
-                metrics = {
-                    "train_loss": event.train_loss,
-                    "valid_loss": event.valid_loss,
-                    "epoch": event.epoch,
-                    "trained_tokens": event.trained_tokens,
-                }
+                keys = ("train_loss", "valid_loss", "epoch", "trained_tokens")
+                metrics = {k: getattr(event, k) for k in keys}
                 jobs.record_step(self.db, claim, event.step, event.total_steps, metrics, finish)
             elif isinstance(event, CheckpointEvent):
                 key = artifacts.checkpoint_key(claim.job_id, event.step)
@@ -198,11 +192,7 @@ class FineTuning:
             merge.merge_adapter, base, done.adapter_dir, out_dir, spec.chat_template
         )
         self.models.add_fine_tuned(model, artifacts.fine_tuned_spec(spec, merged, context))
-        data = artifacts.results_csv(jobs.step_metrics(self.db, row.id))
-        file_id = ids.file_id()
-        with self.store.writer(file_id) as out:
-            out.write(data)
-        save_file(self.db, file_id, "fine-tune-results", "step_metrics.csv", len(data), row.owner)
+        file_id = artifacts.store_results(self.db, self.store, row.id, row.owner)
         total = row.total_steps or 0
         if not jobs.succeed(self.db, claim, model, [file_id], done.trained_tokens, total):
             log.warning("fine-tuning job %s was taken over before it ended", row.id)
