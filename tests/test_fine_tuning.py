@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -69,6 +71,19 @@ def fc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c.start_worker()
     yield c
     c.close()
+
+
+def cli(c: Cluster, *args: str) -> str:
+    """``batch-server ARGS --url`` against the cluster (a client command: no config)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "batch_server", *args, "--url", c.url],
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def upload(client: openai.OpenAI, data: bytes, name: str = "train.jsonl") -> str:
@@ -206,6 +221,16 @@ def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
     rows = list(csv.DictReader(io.StringIO(result)))
     assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+    # the dashboard's job page draws the loss curve; the metrics and the CLI see the job
+    page = fc.http.get(f"/ui/fine-tuning/{job.id}").text
+    assert 'class="train-loss"' in page and 'class="valid-loss"' in page
+    assert job.id in fc.http.get("/ui/fine-tuning").text
+    metrics = fc.http.get("/metrics").text
+    assert 'batch_server_fine_tuning_jobs{status="succeeded"} 1.0' in metrics
+    shown = cli(fc, "fine-tune", "show", job.id)
+    assert "succeeded" in shown and done.fine_tuned_model in shown
+    assert "Step 20/20: training loss=" in cli(fc, "fine-tune", "events", job.id)
 
     assert done.fine_tuned_model in [m.id for m in client.models.list().data]
     questions = [QUESTION, HELD_OUT_QUESTION]

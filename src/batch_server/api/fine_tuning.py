@@ -21,6 +21,7 @@ from batch_server.db.tables import (
 )
 from batch_server.errors import APIError, NotFound
 from batch_server.fine_tuning import base_models, hyperparameters, jobs
+from batch_server.jobs.admission import check_metadata
 from batch_server.openai_types.fine_tuning import (
     CreateFineTuningJobBody,
     FineTuningJob,
@@ -98,7 +99,7 @@ async def create_job(request: Request, ctx: Ctx, who: Auth) -> FineTuningJob:
         requested=requested,
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
-        metadata=body.metadata,
+        metadata=check_metadata(body.metadata),
     )
     ctx.wake.notify()
     return FineTuningJob.from_row(row)

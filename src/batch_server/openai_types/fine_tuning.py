@@ -206,7 +206,9 @@ class CreateFineTuningJobBody(BaseModel):
     validation_file: str | None = Field(default=None, max_length=64)
     hyperparameters: HyperparametersBody | None = None
     method: MethodBody | None = None
-    suffix: str | None = Field(default=None, min_length=1, max_length=64)
+    suffix: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"
+    )
     seed: int | None = Field(default=None, ge=0, le=2_147_483_647)
     metadata: dict[str, str] | None = None
     integrations: list[Any] | None = None

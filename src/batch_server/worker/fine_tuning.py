@@ -48,7 +48,11 @@ class JobLease(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(1.0):
-            state = jobs.heartbeat(self.parts.db, self.claim, self.parts.lease_seconds)
+            try:
+                state = jobs.heartbeat(self.parts.db, self.claim, self.parts.lease_seconds)
+            except Exception:  # a busy database: the next beat may get through
+                log.exception("heartbeat of fine-tuning job %s failed", self.claim.job_id)
+                continue
             if state == jobs.OK and self.parts.stopping.is_set():
                 state = "stopping"
             self.state = state
@@ -88,6 +92,7 @@ class FineTuning:
         claim = jobs.claim_training(self.db, self.presence.id, self.lease_seconds)
         if claim is None:
             return False
+        log.info("fine-tuning job %s: attempt %d", claim.job_id, claim.attempt)
         lease = JobLease(self, claim)
         lease.start()
         self.unload()
@@ -177,21 +182,16 @@ class FineTuning:
                 jobs.fail(self.db, claim, event.code, event.message)
 
     def _finish(
-        self,
-        claim: jobs.Claim,
-        done: DoneEvent,
-        base: Path,
-        model: str,
-        context: int,
-        spec: ModelSpec,
+        self, claim: jobs.Claim, done: DoneEvent, base: Path, model: str, ctx: int, spec: ModelSpec
     ) -> None:
+        """The adapter merged and registered as ``model``, the result file, succeeded."""
         row = jobs.get(self.db, claim.job_id)
         assert row is not None
         out_dir = artifacts.merged_dir(self.settings, row.id)
         merged = artifacts.in_child(
             merge.merge_adapter, base, done.adapter_dir, out_dir, spec.chat_template
         )
-        self.models.add_fine_tuned(model, artifacts.fine_tuned_spec(spec, merged, context))
+        self.models.add_fine_tuned(model, artifacts.fine_tuned_spec(spec, merged, ctx))
         file_id = artifacts.store_results(self.db, self.store, row.id, row.owner)
         total = row.total_steps or 0
         if not jobs.succeed(self.db, claim, model, [file_id], done.trained_tokens, total):
