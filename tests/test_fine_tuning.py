@@ -207,6 +207,7 @@ def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
     messages = [e.message for e in events]
     assert any(m.startswith("Resumed from the checkpoint at step") for m in messages), messages
     assert sum(m.startswith("The job has successfully completed") for m in messages) == 1
+    print(next(m for m in messages if m.startswith("Trained ")))
     losses = [
         e.data["train_loss"]
         for e in sorted(events, key=lambda e: e.data.get("step", 0))

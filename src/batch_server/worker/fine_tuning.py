@@ -187,6 +187,15 @@ class FineTuning:
         """The adapter merged and registered as ``model``, the result file, succeeded."""
         row = jobs.get(self.db, claim.job_id)
         assert row is not None
+        rate = done.trained_tokens / max(done.seconds, 1e-9)
+        jobs.log(
+            self.db,
+            claim,
+            f"Trained {done.trained_tokens} tokens in {done.seconds:.1f} s "
+            f"({rate:.0f} tokens/s); peak memory of the training process "
+            f"{done.peak_memory_bytes / 2**20:.0f} MiB",
+            key="trained",
+        )
         out_dir = artifacts.merged_dir(self.settings, row.id)
         merged = artifacts.in_child(
             merge.merge_adapter, base, done.adapter_dir, out_dir, spec.chat_template
