@@ -17,10 +17,19 @@ from typing import Any
 import psutil
 import pytest
 
-from batch_server.config import ModelSpec
+from batch_server.config import (
+    DEFAULT_MODEL_ID,
+    EMBEDDING_MODEL_ID,
+    VLLM_MODEL_ID,
+    ModelNotAvailable,
+    ModelSpec,
+    Settings,
+    default_models,
+)
 from batch_server.engines import start_engine
 from batch_server.engines.base import EngineRequest
 from batch_server.fine_tuning import hyperparameters
+from batch_server.fine_tuning.base_models import base_checkpoint, trainable
 from batch_server.fine_tuning.merge import merge_adapter
 from batch_server.fine_tuning.runner import (
     CheckpointEvent,
@@ -99,6 +108,9 @@ def test_loss_goes_down_with_a_checkpoint_every_epoch(full_run: list[Event]) -> 
     # validation loss at each epoch's end, falling too
     valid = [e.valid_loss for e in s if e.valid_loss is not None]
     assert len(valid) == 4 and valid[-1] < valid[0] / 10, valid
+    assert [e.valid_accuracy is None for e in s] == [e.valid_loss is None for e in s]
+    assert s[-1].train_accuracy == 1.0 and s[-1].valid_accuracy == 1.0
+    assert s[0].train_accuracy is not None and s[0].train_accuracy < 0.9
     # a checkpoint at the end of each epoch but the last (then the adapter is the result)
     checkpoints = [e for e in full_run if isinstance(e, CheckpointEvent)]
     assert [c.step for c in checkpoints] == [5, 10, 15]
@@ -126,17 +138,24 @@ def test_stop_ends_the_run_after_the_current_step(
         assert run.proc.wait(30) == 0
     stopped = seen[-1]
     assert isinstance(stopped, StoppedEvent), seen[-1]
+    assert not any(isinstance(e, CheckpointEvent) for e in seen)  # a cancel keeps nothing
     last = steps(seen)[-1].step
     assert stopped.step == last and 2 <= last <= 3
 
 
-def test_sigterm_stops_it_too(base: Path, files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_sigterm_stops_it_too_and_keeps_the_step(
+    base: Path, files: tuple[Path, Path], tmp_path: Path
+) -> None:
     with TrainingRun(spec_for(base, files, tmp_path)) as run:
+        seen = []
         for event in run.events():
             if isinstance(event, StepEvent) and event.step == 1:
                 os.kill(run.pid, signal.SIGTERM)
-            last = event
-    assert isinstance(last, StoppedEvent) and last.step <= 2
+            seen.append(event)
+    checkpoint, stopped = seen[-2:]
+    assert isinstance(stopped, StoppedEvent) and stopped.step <= 2, seen
+    assert isinstance(checkpoint, CheckpointEvent) and checkpoint.step == stopped.step
+    assert (checkpoint.dir / "optimizer.pt").exists()
 
 
 def test_kill_9_then_resume_from_the_checkpoint_trains_the_same_steps(
@@ -282,6 +301,7 @@ def test_auto_hyperparameters_follow_openai_rules() -> None:
         "batch_size": 1,
         "learning_rate_multiplier": 2.0,
     }
+    assert hyperparameters.complete(hyperparameters.openai_view(given)) == given
     for bad in (
         {"n_epochs": 0},
         {"batch_size": "big"},
@@ -290,3 +310,21 @@ def test_auto_hyperparameters_follow_openai_rules() -> None:
     ):
         with pytest.raises(hyperparameters.HyperparameterError):
             hyperparameters.resolve(bad, 20)
+
+
+def test_which_models_train_and_on_what(base: Path, merged: Path, tmp_path: Path) -> None:
+    models = default_models()
+    assert trainable(models[DEFAULT_MODEL_ID]) is None
+    assert trainable(models[VLLM_MODEL_ID]) is None
+    assert "embedding" in (trainable(models[EMBEDDING_MODEL_ID]) or "")
+    upstream = ModelSpec(engine="openai", engine_args={"base_url": "http://127.0.0.1:1/v1"})
+    assert "upstream" in (trainable(upstream) or "")
+    assert trainable(ModelSpec(engine="moderation", path="x.h5")) is not None
+    # the vLLM engine's copy of the GGUF, when it has one; a checkpoint directory as it is
+    settings = Settings(data_dir=base.parent.parent)
+    assert base_checkpoint(settings, models[VLLM_MODEL_ID], VLLM_MODEL_ID) == base
+    assert base_checkpoint(settings, ModelSpec(engine="vllm", path=str(merged))) == merged
+    with pytest.raises(ModelNotAvailable):
+        base_checkpoint(settings, upstream)
+    with pytest.raises(ModelNotAvailable):
+        base_checkpoint(settings, ModelSpec(engine="vllm", path=str(tmp_path)))

@@ -112,6 +112,20 @@ def resolve(requested: dict[str, Any] | None, n_examples: int) -> dict[str, Any]
     }
 
 
+def complete(resolved: dict[str, Any]) -> dict[str, Any]:
+    """``resolved`` with any of our keys it lacks (a job stored before they existed, or
+    OpenAI's three alone) filled in as :func:`resolve` would."""
+    multiplier = float(resolved.get("learning_rate_multiplier") or 1.0)
+    defaults = {
+        "learning_rate": BASE_LEARNING_RATE * multiplier,
+        "lora_r": LORA_R,
+        "lora_alpha": LORA_ALPHA,
+        "lora_dropout": LORA_DROPOUT,
+        "target_modules": TARGET_MODULES,
+    }
+    return defaults | resolved
+
+
 def openai_view(resolved: dict[str, Any]) -> dict[str, Any]:
     """The part of :func:`resolve`'s answer that OpenAI's job object shows."""
     return {key: resolved[key] for key in OPENAI_KEYS}

@@ -2,7 +2,9 @@
 
 ``TrainingRun(spec)`` starts the child (in a session of its own, so ending it ends
 everything it started); :meth:`TrainingRun.events` yields typed events until the run ends
-with exactly one of :class:`DoneEvent`, :class:`StoppedEvent` or :class:`ErrorEvent`. A
+with exactly one of :class:`DoneEvent`, :class:`StoppedEvent` or :class:`ErrorEvent`.
+Step events come in order from the first step not yet trained (after a resume, the step
+after the checkpoint's); a checkpoint event follows the step it saved. A
 child that dies without saying how (killed, out of memory) ends the stream with an
 :class:`ErrorEvent` carrying the tail of its stderr. :meth:`TrainingRun.stop` asks for a
 stop after the current step; :meth:`TrainingRun.kill` ends it at once.
@@ -64,6 +66,10 @@ class StepEvent:
     valid_loss: float | None
     trained_tokens: int
     elapsed: float
+    # share of trained tokens predicted right (OpenAI's train_accuracy and
+    # valid_mean_token_accuracy); the validation figure only where valid_loss is
+    train_accuracy: float | None = None
+    valid_accuracy: float | None = None
 
 
 @dataclass
@@ -188,13 +194,15 @@ class TrainingRun:
             with contextlib.suppress(OSError):
                 self.spec_path.unlink()
 
-    def stop(self) -> None:
+    def stop(self, checkpoint: bool = False) -> None:
         """Stop after the current step (the run ends with a StoppedEvent, or DoneEvent
-        when that was the last step)."""
+        when that was the last step). With ``checkpoint`` (a worker shutting down, not a
+        cancel) that step is kept: a CheckpointEvent comes first, unless the step had
+        one already."""
         if self.proc.poll() is not None or self.proc.stdin is None:
             return
         try:
-            self.proc.stdin.write("stop\n")
+            self.proc.stdin.write("stop checkpoint\n" if checkpoint else "stop\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass

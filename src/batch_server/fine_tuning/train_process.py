@@ -8,13 +8,14 @@ Out, one JSON object a line on stdout (everything else the libraries print goes 
 stderr)::
 
     {"type":"step","step":N,"total_steps":T,"epoch":E,"train_loss":x,"valid_loss":y|null,
-     "trained_tokens":K,"elapsed":s}
+     "train_accuracy":a,"valid_accuracy":b|null,"trained_tokens":K,"elapsed":s}
     {"type":"checkpoint","step":N,"dir":"/path"}
     {"type":"done","adapter_dir":"/path","trained_tokens":K,"seconds":s,"peak_memory_bytes":M}
     {"type":"stopped","step":N}
     {"type":"error","code":"...","message":"..."}
 
-In: a line ``stop`` on stdin (or SIGTERM) stops the run after the current step. End of
+In: a line ``stop`` on stdin stops the run after the current step; ``stop checkpoint`` (or
+SIGTERM) also writes a checkpoint of that step first, unless it just had one. End of
 stdin means the parent is gone: the process exits (so does it when the parent dies:
 ``PR_SET_PDEATHSIG`` and a parent-pid check).
 
@@ -45,6 +46,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from batch_server.fine_tuning.hyperparameters import complete
 
 PR_SET_PDEATHSIG = 1
 ADAPTER_DIR = "adapter"  # inside work_dir: the finished adapter
@@ -102,12 +105,16 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _listen(stop: threading.Event, stdin: IO[str]) -> None:
-    """``stop`` lines set the flag; the end of stdin (the parent is gone) ends us."""
+def _listen(stop: threading.Event, keep: threading.Event, stdin: IO[str]) -> None:
+    """``stop [checkpoint]`` lines set the flags; the end of stdin (the parent is gone)
+    ends us."""
 
     def read() -> None:
         for line in stdin:
-            if line.strip() == "stop":
+            words = line.split()
+            if words[:1] == ["stop"]:
+                if words[1:] == ["checkpoint"]:
+                    keep.set()
                 stop.set()
         os._exit(1)
 
@@ -217,8 +224,9 @@ def collate(batch: list[Example], pad_id: int, device: Any) -> dict[str, Any]:
     }
 
 
-def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """Summed cross-entropy over the trained tokens of ``batch``, and their count."""
+def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int, int]:
+    """Summed cross-entropy over the trained tokens of ``batch``, their count, and how
+    many of them the model predicted (greedy: OpenAI's token accuracy)."""
     import torch
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -230,18 +238,27 @@ def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
         ignore_index=IGNORE,
         reduction="sum",
     )
-    return loss, int((targets != IGNORE).sum())
+    trained = targets != IGNORE
+    correct = int(((shifted.argmax(-1) == targets) & trained).sum())
+    return loss, int(trained.sum()), correct
 
 
 # -- training -----------------------------------------------------------------------------
 
 
 class Trainer:
-    def __init__(self, spec: dict[str, Any], emit: Emitter, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        emit: Emitter,
+        stop: threading.Event,
+        keep: threading.Event | None = None,
+    ) -> None:
         import torch
 
         self.spec, self.emit, self.stop = spec, emit, stop
-        self.hp = spec["hyperparameters"]
+        self.keep = keep or threading.Event()  # a stop keeps its step in a checkpoint
+        self.hp = complete(spec["hyperparameters"])
         self.seed = int(spec.get("seed") or 0)
         self.work_dir = Path(spec["work_dir"])
         self.every = int(spec.get("checkpoint_every_steps") or 0)
@@ -317,7 +334,9 @@ class Trainer:
             batch = self.batch_for(step)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(step)
-            loss_sum, count = token_loss(self.model, collate(batch, self.pad_id, self.device))
+            loss_sum, count, correct = token_loss(
+                self.model, collate(batch, self.pad_id, self.device)
+            )
             loss = loss_sum / max(1, count)
             self.optimizer.zero_grad(set_to_none=True)
             if count:
@@ -331,20 +350,24 @@ class Trainer:
             epoch_end = step % self.per_epoch == 0
             checkpoint = epoch_end or (self.every > 0 and step % self.every == 0)
             valid = self.valid_loss() if checkpoint and self.valid else None
+            accuracy = correct / max(1, count)
             self.emit(
                 "step",
                 step=step,
                 total_steps=self.total,
                 epoch=(step - 1) // self.per_epoch + 1,
                 train_loss=round(float(loss.item()), 6),
-                valid_loss=None if valid is None else round(valid, 6),
+                valid_loss=None if valid is None else round(valid[0], 6),
+                train_accuracy=round(accuracy, 6),
+                valid_accuracy=None if valid is None else round(valid[1], 6),
                 trained_tokens=self.trained_tokens,
                 elapsed=round(self.elapsed_before + time.monotonic() - started, 3),
             )
-            if checkpoint and step < self.total:
+            stopping = self.stop.is_set() and step < self.total
+            if step < self.total and (checkpoint or (stopping and self.keep.is_set())):
                 elapsed = self.elapsed_before + time.monotonic() - started
                 self.emit("checkpoint", step=step, dir=str(self.save_checkpoint(elapsed)))
-            if self.stop.is_set() and step < self.total:
+            if stopping:
                 self.emit("stopped", step=step)
                 return
         adapter = self.work_dir / ADAPTER_DIR
@@ -357,18 +380,19 @@ class Trainer:
             peak_memory_bytes=peak_memory(),
         )
 
-    def valid_loss(self) -> float:
+    def valid_loss(self) -> tuple[float, float]:
+        """Mean loss and token accuracy over the validation file's trained tokens."""
         import torch
 
         self.model.eval()
-        total, count = 0.0, 0
+        total, count, correct = 0.0, 0, 0
         with torch.no_grad():
             for i in range(0, len(self.valid), self.batch_size):
                 chunk = self.valid[i : i + self.batch_size]
-                loss, n = token_loss(self.model, collate(chunk, self.pad_id, self.device))
-                total, count = total + float(loss), count + n
+                loss, n, right = token_loss(self.model, collate(chunk, self.pad_id, self.device))
+                total, count, correct = total + float(loss), count + n, correct + right
         self.model.train()
-        return total / max(1, count)
+        return total / max(1, count), correct / max(1, count)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -467,16 +491,21 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     emit = Emitter(protocol)
-    stop = threading.Event()
+    stop, keep = threading.Event(), threading.Event()
     try:
         spec = _read_spec(argv)
         parent = int(spec.get("parent_pid") or os.getppid())
         _die_with_parent(parent)
-        _listen(stop, sys.stdin)
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        _listen(stop, keep, sys.stdin)
+
+        def terminate(*_: object) -> None:
+            keep.set()
+            stop.set()
+
+        signal.signal(signal.SIGTERM, terminate)
         with contextlib.suppress(OSError):
             os.nice(int(spec.get("nice", 0)))
-        Trainer(spec, emit, stop).run()
+        Trainer(spec, emit, stop, keep).run()
         return 0
     except TrainingError as exc:
         emit("error", code=exc.code, message=str(exc))
