@@ -222,6 +222,8 @@ def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
     rows = list(csv.DictReader(io.StringIO(result)))
     assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[-1]["train_accuracy"]) > float(rows[0]["train_accuracy"])
+    assert rows[4]["valid_loss"] and rows[4]["valid_mean_token_accuracy"]  # end of epoch 1
 
     # the dashboard's job page draws the loss curve; the metrics and the CLI see the job
     page = fc.http.get(f"/ui/fine-tuning/{job.id}").text

@@ -21,6 +21,7 @@ from batch_server.config import TEXT_ENDPOINTS, ModelSpec, Settings
 from batch_server.curation.exports import save_file
 from batch_server.db.session import Database
 from batch_server.fine_tuning import jobs
+from batch_server.fine_tuning.runner import StepEvent
 from batch_server.storage import FileStore
 
 T = TypeVar("T")
@@ -77,9 +78,33 @@ def download(store: FileStore, file_id: str | None, target: Path) -> Path | None
     return target
 
 
+def step_metrics(event: StepEvent) -> dict[str, Any]:
+    """A step's figures as its metrics event keeps them (OpenAI's names)."""
+    return {
+        "train_loss": event.train_loss,
+        "valid_loss": event.valid_loss,
+        "train_accuracy": event.train_accuracy,
+        "valid_mean_token_accuracy": event.valid_accuracy,
+        "epoch": event.epoch,
+        "trained_tokens": event.trained_tokens,
+    }
+
+
+def checkpoint_metrics(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """A checkpoint's metrics: those of the last step trained (OpenAI's names)."""
+    last = steps[-1] if steps else {}
+    return {
+        "train_loss": last.get("train_loss"),
+        "valid_loss": last.get("valid_loss"),
+        "train_mean_token_accuracy": last.get("train_accuracy"),
+        "valid_mean_token_accuracy": last.get("valid_mean_token_accuracy"),
+    }
+
+
 def results_csv(steps: Iterable[dict[str, Any]]) -> bytes:
     """The result file: one row per step, as OpenAI's (``step,train_loss,train_accuracy,
-    valid_loss,valid_mean_token_accuracy``; accuracies are not measured here)."""
+    valid_loss,valid_mean_token_accuracy``; the validation figures only on the steps that
+    measured them)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(RESULT_COLUMNS)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from batch_server.config import ModelNotAvailable, ModelSpec, Settings
-from batch_server.fine_tuning import artifacts, base_models, jobs, merge
+from batch_server.fine_tuning import artifacts, base_models, hyperparameters, jobs, merge
 from batch_server.fine_tuning.runner import (
     CheckpointEvent,
     DoneEvent,
@@ -29,35 +29,10 @@ from batch_server.fine_tuning.validation import context_length, validate_job
 from batch_server.models.registry import ModelRegistry
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
+from batch_server.worker.job_lease import JobLease
 from batch_server.worker.presence import Presence
 
 log = logging.getLogger(__name__)
-
-
-class JobLease(threading.Thread):
-    """Renews a job's lease every second; tells the run to stop on a cancel (or a worker
-    shutting down) and kills it when the lease is lost."""
-
-    def __init__(self, parts: FineTuning, claim: jobs.Claim) -> None:
-        super().__init__(name=f"lease-{claim.job_id}", daemon=True)
-        self.parts, self.claim = parts, claim
-        self.run_: TrainingRun | None = None
-        self.state = jobs.OK
-        self.final: DoneEvent | None = None  # the run finished its last step
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(1.0):
-            try:
-                state = jobs.heartbeat(self.parts.db, self.claim, self.parts.lease_seconds)
-            except Exception:  # a busy database: the next beat may get through
-                log.exception("heartbeat of fine-tuning job %s failed", self.claim.job_id)
-                continue
-            if state == jobs.OK and self.parts.stopping.is_set():
-                state = "stopping"
-            self.state = state
-            if self.run_ is not None and state != jobs.OK:
-                self.run_.kill() if state == jobs.LOST else self.run_.stop()
 
 
 class FineTuning:
@@ -93,7 +68,7 @@ class FineTuning:
         if claim is None:
             return False
         log.info("fine-tuning job %s: attempt %d", claim.job_id, claim.attempt)
-        lease = JobLease(self, claim)
+        lease = JobLease(self.db, claim, self.lease_seconds, self.stopping)
         lease.start()
         self.unload()
         self.presence.engine(WorkerState.TRAINING, claim.job_id)
@@ -134,7 +109,7 @@ class FineTuning:
                     train_path=train,
                     valid_path=valid,
                     work_dir=local / "run",
-                    hyperparameters=row.hyperparameters,
+                    hyperparameters=hyperparameters.complete(row.hyperparameters),
                     resume_from=resume,
                     seed=row.seed,
                     checkpoint_every_steps=self.settings.fine_tuning_checkpoint_every_steps,
@@ -161,15 +136,13 @@ class FineTuning:
                 steps += 1
                 rate = (time.monotonic() - started) / steps
                 finish = int(time.time() + rate * (event.total_steps - event.step))
-                keys = ("train_loss", "valid_loss", "epoch", "trained_tokens")
-                metrics = {k: getattr(event, k) for k in keys}
+                metrics = artifacts.step_metrics(event)
                 jobs.record_step(self.db, claim, event.step, event.total_steps, metrics, finish)
             elif isinstance(event, CheckpointEvent):
                 key = artifacts.checkpoint_key(claim.job_id, event.step)
                 artifacts.pack(self.store, key, event.dir)
                 name = artifacts.checkpoint_name(model, event.step)
-                last = jobs.step_metrics(self.db, claim.job_id)[-1:] or [{}]
-                found = {k: last[0].get(k) for k in ("train_loss", "valid_loss")}
+                found = artifacts.checkpoint_metrics(jobs.step_metrics(self.db, claim.job_id))
                 jobs.record_checkpoint(self.db, claim, event.step, found, name, key)
             elif isinstance(event, DoneEvent):
                 lease.final = event
