@@ -293,7 +293,7 @@ def _cancel_abandoned(db: Database) -> None:
         )
     for job_id in found:
         with db.write() as s:
-            _end(s, job_id, CANCELLED, [RUNNING], "Fine-tuning job cancelled", key="cancelled")
+            _end(s, job_id, CANCELLED, [RUNNING], "Fine-tuning job cancelled")
 
 
 def heartbeat(db: Database, claim: Claim, lease_seconds: float) -> str:
