@@ -21,7 +21,7 @@ from batch_server.db.tables import (
 )
 from batch_server.errors import APIError, NotFound
 from batch_server.fine_tuning import base_models, hyperparameters, jobs
-from batch_server.jobs.admission import check_metadata
+from batch_server.jobs.admission import check_available, check_metadata
 from batch_server.openai_types.fine_tuning import (
     CreateFineTuningJobBody,
     FineTuningJob,
@@ -70,6 +70,7 @@ async def create_job(request: Request, ctx: Ctx, who: Auth) -> FineTuningJob:
             param="model",
             code="model_not_available",
         )
+    check_available(registry, model_id)  # its latest test load did not fail
     if reason := base_models.trainable(spec):
         raise APIError(
             f"Model {body.model} cannot be fine-tuned: {reason}",
