@@ -143,6 +143,14 @@ def test_a_malformed_training_file_fails_with_line_numbers(fc: Cluster) -> None:
         json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),
         json.dumps({"messages": [{"role": "wizard", "content": "x"}, good[0]]}),
         *good[1:6],
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "tell me a story " * 700},
+                    {"role": "assistant", "content": "No."},
+                ]
+            }
+        ),
     ]
     job = fc.client.fine_tuning.jobs.create(
         model=VLLM_MODEL, training_file=upload(fc.client, jsonl(lines))
@@ -155,6 +163,7 @@ def test_a_malformed_training_file_fails_with_line_numbers(fc: Cluster) -> None:
     message = job.error.message
     assert "line 2:" in message and "line 3: no assistant message" in message, message
     assert "line 4:" in message and "line 1:" not in message, message
+    assert "line 10: the example has" in message and "context of 2048" in message, message
 
     few = fc.client.fine_tuning.jobs.create(
         model=VLLM_MODEL, training_file=upload(fc.client, jsonl(good[:3]))
@@ -269,6 +278,10 @@ def test_cancel_stops_a_running_job(fc: Cluster) -> None:
     assert max(step_numbers(all_events(client, job.id))) < 200
     r = fc.http.post(f"/v1/fine_tuning/jobs/{job.id}/cancel")
     assert r.status_code == 409
+    listed = json.loads(cli(fc, "fine-tune", "list", "--json"))
+    assert {"id": job.id, "status": "cancelled"}.items() <= next(
+        j for j in listed if j["id"] == job.id
+    ).items()
 
     waiting = client.fine_tuning.jobs.create(
         model=VLLM_MODEL, training_file=upload(client, b"{bad\n" * 3)
