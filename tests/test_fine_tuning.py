@@ -186,6 +186,8 @@ def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
     )
     assert job.seed == SEED and job.metadata == {"purpose": "test"}
     assert client.fine_tuning.jobs.list(limit=1).data[0].id == job.id
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"purpose": "test"})] == [job.id]
+    assert client.fine_tuning.jobs.list(metadata={"purpose": "other"}).data == []
 
     # the first worker trains past the first checkpoint (the end of epoch 1, step 5) ...
     deadline = time.time() + 300

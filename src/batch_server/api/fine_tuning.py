@@ -35,6 +35,7 @@ from batch_server.openai_types.fine_tuning import (
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=errors(400, 401))
 
 MAX_LIMIT = 100
+KIND = "fine-tuning job"
 
 
 def parse_body(payload: object) -> CreateFineTuningJobBody:
@@ -114,14 +115,30 @@ def get_job(ctx: AppContext, job_id: str, who: Principal) -> FineTuningJobRow:
     return row
 
 
+def metadata_filter(request: Request) -> dict[str, str]:
+    """``metadata[k]=v`` query parameters (the SDK's ``metadata={"k": "v"}``)."""
+    found = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith("metadata[") and key.endswith("]"):
+            found[key[len("metadata[") : -1]] = value
+    return found
+
+
 @router.get("", responses=errors(404))
 def list_jobs(
-    ctx: Ctx, who: Auth, after: str | None = None, limit: int = Query(20)
+    request: Request, ctx: Ctx, who: Auth, after: str | None = None, limit: int = Query(20)
 ) -> FineTuningJobList:
+    """Newest first; ``metadata[k]=v`` keeps the jobs whose metadata has each pair."""
     check_limit(limit, MAX_LIMIT)
     query = who.scope(select(FineTuningJobRow), FineTuningJobRow)
+    wanted = metadata_filter(request)
     with ctx.db.read() as s:
-        rows, more = paginate(s, query, FineTuningJobRow, after, limit, True, "fine-tuning job")
+        if not wanted:
+            rows, more = paginate(s, query, FineTuningJobRow, after, limit, True, KIND)
+        else:  # few jobs: filtered here, across the dialects' JSON differences
+            every, _ = paginate(s, query, FineTuningJobRow, after, 2**31 - 1, True, KIND)
+            kept = [r for r in every if wanted.items() <= (r.metadata_ or {}).items()]
+            rows, more = kept[:limit], len(kept) > limit
     return FineTuningJobList.of([FineTuningJob.from_row(r) for r in rows], more)
 
 
