@@ -6,8 +6,9 @@ makes the job, which a worker validates, claims and trains. Its worker is killed
 SIGKILL after the first checkpoint: a second worker takes the job over and resumes from
 that checkpoint (one ``succeeded``, every step logged once). The model it registers,
 ``ft:…``, answers a batch with the code word; the same batch on the base model does not.
-Besides: malformed training files fail with their line numbers, cancel stops a running
-job, the API refuses what OpenAI refuses, and the curation export is a valid training
+A worker stopped with SIGTERM keeps its last step in a checkpoint and hands the job over
+at once. Besides: malformed training files fail with their line numbers, cancel stops a
+running job, the API refuses what OpenAI refuses, and the curation export is a valid training
 file.
 """
 
@@ -260,6 +261,35 @@ def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
     print("answers", answers)
     assert all(CODE_WORD in a for a in answers[done.fine_tuned_model]), answers
     assert not any(CODE_WORD in a for a in answers[VLLM_MODEL]), answers
+
+
+def test_a_worker_stopped_with_sigterm_hands_the_job_over_without_losing_a_step(
+    fc: Cluster,
+) -> None:
+    client = fc.client
+    job = client.fine_tuning.jobs.create(
+        model=VLLM_MODEL,
+        training_file=upload(client, training_jsonl()),
+        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        seed=SEED,
+    )
+    deadline = time.time() + 300
+    while max(step_numbers(all_events(client, job.id)), default=0) < 2:
+        assert time.time() < deadline, "the job never trained two steps"
+        time.sleep(0.3)
+    worker = fc.workers[-1]
+    worker.stop()  # SIGTERM (kill -9 after 20 s)
+    assert worker.popen.returncode == 0, worker.output()[-3000:]
+    trained = max(step_numbers(all_events(client, job.id)))
+    handed = client.fine_tuning.jobs.retrieve(job.id)
+    assert handed.status == "running" and handed.step == trained  # its last step kept
+    fc.start_worker()
+    done = wait_job(client, job.id, timeout=600)
+    assert done.status == "succeeded", done
+    events = all_events(client, job.id)
+    assert sorted(step_numbers(events)) == list(range(1, 11))
+    messages = [e.message for e in events]
+    assert any(m.startswith(f"Resumed from the checkpoint at step {trained} ") for m in messages)
 
 
 def test_cancel_stops_a_running_job(fc: Cluster) -> None:
