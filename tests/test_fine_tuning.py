@@ -21,10 +21,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from playwright.sync_api import ConsoleMessage, expect, sync_playwright
 
 from conftest import Cluster, chat_line, jsonl, read_lines, submit, wait_for
 from fine_tuning_data import (
@@ -43,6 +45,8 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 ENDED = ("succeeded", "failed", "cancelled")
 STEPS = 20  # 4 epochs of 5 batches (HYPERPARAMETERS on 20 examples)
+SUCCEEDED: list[str] = []  # the job of the end-to-end test, for the dashboard's test
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 def registry() -> str:
@@ -210,6 +214,7 @@ def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
     assert done.status == "succeeded", (done, fc.workers[1].output()[-4000:])
     print(f"resumed and finished in {seconds:.0f}s; trained_tokens {done.trained_tokens}")
 
+    SUCCEEDED.append(done.id)
     assert done.fine_tuned_model.startswith(f"ft:{VLLM_MODEL}:zorblax:")
     assert done.trained_tokens and done.trained_tokens > 0 and done.finished_at
     assert done.hyperparameters.n_epochs == 4 and done.hyperparameters.batch_size == 4
@@ -344,3 +349,37 @@ def test_the_curation_export_is_a_valid_training_file(fc: Cluster) -> None:
     assert queued.hyperparameters.n_epochs == 17  # "auto": at least 100 examples trained
     assert client.fine_tuning.jobs.cancel(job.id).id == job.id
     assert wait_job(client, job.id, timeout=120).status == "cancelled"
+
+
+def test_the_dashboard_shows_the_job_with_its_loss_curve(fc: Cluster) -> None:
+    if not SUCCEEDED:
+        pytest.skip("needs the job of the end-to-end test")
+    job_id, errors = SUCCEEDED[0], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"]
+        )
+        pg = browser.new_page(base_url=fc.url)
+
+        def on_console(msg: ConsoleMessage) -> None:
+            if msg.type == "error":
+                errors.append(f"{pg.url}: {msg.text}")
+
+        pg.on("console", on_console)
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto("/ui")
+        pg.get_by_role("link", name="Fine-tuning").click()
+        expect(pg.locator("#fine-tuning-jobs")).to_contain_text("succeeded")
+        pg.locator(f'a[href="/ui/fine-tuning/{job_id}"]').click()
+        expect(pg.get_by_role("heading", name=f"Fine-tuning job {job_id}")).to_be_visible()
+        curve = pg.locator("#loss-curve")
+        expect(curve).to_be_visible()
+        points = curve.locator("polyline.train-loss").get_attribute("points") or ""
+        assert len(points.split()) == STEPS
+        assert curve.locator("polyline.valid-loss").count() == 1
+        expect(pg.locator("#checkpoints tbody tr")).to_have_count(3)  # end of epochs 1-3
+        expect(pg.locator("#events")).to_contain_text("Resumed from the checkpoint")
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "fine-tuning-job.png"), full_page=True)
+        browser.close()
+    assert errors == [], errors
