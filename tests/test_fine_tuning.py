@@ -325,6 +325,15 @@ def test_cancel_stops_a_running_job(fc: Cluster) -> None:
     )
     assert client.fine_tuning.jobs.cancel(waiting.id).status in ("cancelled", "failed")
 
+    # the same from the CLI: upload and create, then cancel
+    path = fc.tmp / "cli-train.jsonl"
+    path.write_bytes(training_jsonl())
+    made = cli(fc, "fine-tune", "create", str(path), "--model", VLLM_MODEL, "--epochs", "1")
+    job_id = made.strip().splitlines()[-1]
+    assert client.fine_tuning.jobs.retrieve(job_id).hyperparameters.n_epochs in ("auto", 1)
+    assert job_id in cli(fc, "fine-tune", "cancel", job_id)
+    assert wait_job(client, job_id, timeout=120).status == "cancelled"
+
 
 def test_the_curation_export_is_a_valid_training_file(fc: Cluster) -> None:
     client = fc.client
