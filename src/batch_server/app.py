@@ -17,6 +17,7 @@ from batch_server.api import admin_models as admin_models_api
 from batch_server.api import annotations as annotations_api
 from batch_server.api import collections as collections_api
 from batch_server.api import comparisons as comparisons_api
+from batch_server.api import fine_tuning as fine_tuning_api
 from batch_server.api import label_studio as label_studio_api
 from batch_server.api import metrics as metrics_api
 from batch_server.api import review as review_api
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         review_api,
         comparisons_api,
         benchmarks,
+        fine_tuning_api,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)

@@ -13,6 +13,7 @@ from batch_server import (
     bench_command,
     client_commands,
     collection_commands,
+    fine_tuning_commands,
     label_studio_commands,
     logs,
     model_commands,
@@ -269,6 +270,9 @@ app.add_typer(collection_commands.collections_app, name="collections")
 # The Label Studio round trip (label_studio_commands.py).
 app.add_typer(label_studio_commands.app, name="label-studio")
 
+
+# Fine-tuning jobs, over HTTP: see fine_tuning_commands.py.
+app.add_typer(fine_tuning_commands.app, name="fine-tune")
 
 # Benchmarks, over HTTP: see bench_command.py.
 app.command("bench")(bench_command.bench)

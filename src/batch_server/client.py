@@ -145,6 +145,24 @@ class Client:
                 "POST", "/v1/files", data={"purpose": purpose}, files={"file": (path.name, fh)}
             )
 
+    # -- fine-tuning jobs ------------------------------------------------------------
+
+    def create_fine_tuning_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/fine_tuning/jobs", json=body)
+
+    def fine_tuning_jobs(self, limit: int) -> list[dict[str, Any]]:
+        return self._data("GET", "/v1/fine_tuning/jobs", params={"limit": limit})
+
+    def fine_tuning_job(self, job_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/fine_tuning/jobs/{quote(job_id, safe='')}")
+
+    def cancel_fine_tuning_job(self, job_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/fine_tuning/jobs/{quote(job_id, safe='')}/cancel")
+
+    def fine_tuning_events(self, job_id: str, limit: int) -> list[dict[str, Any]]:
+        path = f"/v1/fine_tuning/jobs/{quote(job_id, safe='')}/events"
+        return self._data("GET", path, params={"limit": limit})
+
     @staticmethod
     def _raise(resp: httpx.Response) -> None:
         try:

@@ -268,6 +268,20 @@ class Settings(BaseSettings):
         description="Restart an engine between work units once its processes use this many "
         "times the resident memory they used once warm (after 256 requests; 0: never)",
     )
+    fine_tuning_min_examples: int = Field(
+        default=10,
+        description="A fine-tuning job's training file needs at least this many examples "
+        "(OpenAI's minimum is 10)",
+    )
+    fine_tuning_threads: int = Field(
+        default=0,
+        description="CPU threads of a fine-tuning job's training process (0: every core but one)",
+    )
+    fine_tuning_checkpoint_every_steps: int = Field(
+        default=0,
+        description="Save a fine-tuning checkpoint every this many steps, besides the one at "
+        "the end of each epoch (0: only per epoch)",
+    )
     housekeeping_seconds: float = Field(
         default=600.0,
         description="How often a worker compacts samples, prunes old rows, deletes expired files",

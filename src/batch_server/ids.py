@@ -53,3 +53,16 @@ def comparison_id() -> str:
 def model_test_id() -> str:
     """A model test load (``POST /v1/admin/models/{id}/test``)."""
     return f"mtest_{secrets.token_hex(12)}"
+
+
+def fine_tuning_job_id() -> str:
+    """A fine-tuning job, in OpenAI's form (``ftjob-…``)."""
+    return f"ftjob-{_random(24)}"
+
+
+def fine_tuning_event_id() -> str:
+    return f"ftevent-{_random(24)}"
+
+
+def fine_tuning_checkpoint_id() -> str:
+    return f"ftckpt-{_random(24)}"

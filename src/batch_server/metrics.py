@@ -25,7 +25,14 @@ from sqlalchemy.orm import Session
 
 from batch_server.db.dialect import upsert
 from batch_server.db.session import Database
-from batch_server.db.tables import BatchRow, MetricRow, WebhookDeliveryRow, WorkerRow
+from batch_server.db.tables import (
+    BatchRow,
+    FineTuningEventRow,
+    FineTuningJobRow,
+    MetricRow,
+    WebhookDeliveryRow,
+    WorkerRow,
+)
 from batch_server.openai_types import GpuReading
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,14 @@ STATUSES = (
     "failed",
     "expired",
     "cancelling",
+    "cancelled",
+)
+FINE_TUNING_STATUSES = (
+    "validating_files",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
     "cancelled",
 )
 GAUGE_FRESH_SECONDS = 30.0
@@ -131,6 +146,48 @@ class DatabaseCollector(Collector):
             yield from self._table(s)
             yield from self._workers(s)
             yield from self._outbox(s)
+            yield from self._fine_tuning(s)
+
+    def _fine_tuning(self, s: Session) -> Iterator[Metric]:
+        """Jobs by status; the last step and training loss of each running job."""
+        counts = dict(
+            s.execute(
+                select(FineTuningJobRow.status, func.count()).group_by(FineTuningJobRow.status)
+            ).all()
+        )
+        g = GaugeMetricFamily(
+            f"{PREFIX}_fine_tuning_jobs", "Fine-tuning jobs by status", labels=["status"]
+        )
+        for status in FINE_TUNING_STATUSES:
+            g.add_metric([status], counts.get(status, 0))
+        yield g
+        latest = (
+            select(func.max(FineTuningEventRow.seq))
+            .join(FineTuningJobRow, FineTuningJobRow.id == FineTuningEventRow.job_id)
+            .where(FineTuningJobRow.status == "running", FineTuningEventRow.type == "metrics")
+            .group_by(FineTuningEventRow.job_id)
+        )
+        rows = s.execute(
+            select(FineTuningEventRow.job_id, FineTuningJobRow.model, FineTuningEventRow.data)
+            .join(FineTuningJobRow, FineTuningJobRow.id == FineTuningEventRow.job_id)
+            .where(FineTuningEventRow.seq.in_(latest))
+        ).all()
+        loss = GaugeMetricFamily(
+            f"{PREFIX}_fine_tuning_loss",
+            "Training loss of the last step of each running fine-tuning job",
+            labels=["job", "model"],
+        )
+        step = GaugeMetricFamily(
+            f"{PREFIX}_fine_tuning_step",
+            "Last step trained by each running fine-tuning job",
+            labels=["job", "model"],
+        )
+        for job_id, model, data in rows:
+            if data and data.get("train_loss") is not None:
+                loss.add_metric([job_id, model], float(data["train_loss"]))
+                step.add_metric([job_id, model], float(data.get("step", 0)))
+        yield loss
+        yield step
 
     def _batches(self, s: Session) -> Iterator[Metric]:
         counts = dict(

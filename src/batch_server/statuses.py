@@ -58,3 +58,4 @@ class WorkerState(StrEnum):
     RUNNING = "running"
     VALIDATING = "validating"
     FINALIZING = "finalizing"
+    TRAINING = "training"  # a fine-tuning job (its engine unloaded)

@@ -43,3 +43,13 @@ def upsert(
         else {k: v for k, v in values.items() if k not in keys}
     )
     s.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=set_))
+
+
+def insert_if_absent(
+    s: Session, table: type[DeclarativeBase] | Table, values: Mapping[str, Any], keys: Sequence[str]
+) -> bool:
+    """Insert ``values`` unless a row with the same ``keys`` exists; ``True`` if inserted."""
+    dialect: Any = sqlite if is_sqlite(s) else postgresql
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=list(keys))
+    result = s.execute(stmt)
+    return bool(getattr(result, "rowcount", 0))

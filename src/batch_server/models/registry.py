@@ -1,9 +1,10 @@
 """The model registry at run time. It lives in the ``models`` table: the config file's
 models are written there at every start (origin "config": the file is authoritative for
 them, and the admin API refuses to change them), models added over the admin API have
-origin "api". Every process reads it through :class:`ModelRegistry`, whose snapshot is
-at most :data:`CACHE_SECONDS` old, so a change reaches every worker and API replica
-without a restart. This module is the only writer of the ``models`` table."""
+origin "api", models made by a fine-tuning job origin "fine_tune". Every process reads
+it through :class:`ModelRegistry`, whose snapshot is at most :data:`CACHE_SECONDS` old,
+so a change reaches every worker and API replica without a restart. This module is the
+only writer of the ``models`` table."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ CACHE_SECONDS = 1.0
 
 ORIGIN_CONFIG = "config"
 ORIGIN_API = "api"
+ORIGIN_FINE_TUNE = "fine_tune"  # made by a fine-tuning job (batch_server.fine_tuning)
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,25 @@ class ModelRegistry:
                     updated_at=now,
                     status="untested",
                 )
+            )
+        self.refresh()
+
+    def add_fine_tuned(self, model_id: str, spec: ModelSpec) -> None:
+        """Register the model a fine-tuning job made (origin "fine_tune"); written again
+        by a job that is finished a second time after a crash, it replaces the first."""
+        now = time.time()
+        with self.db.write() as s:
+            row = s.get(ModelRow, model_id)
+            if row is not None and row.origin != ORIGIN_FINE_TUNE:
+                raise KeyError(model_id)
+            if row is None:
+                row = ModelRow(id=model_id, origin=ORIGIN_FINE_TUNE, created_at=int(now))
+                s.add(row)
+            row.spec, row.updated_at, row.status, row.status_reason = (
+                _dump(spec),
+                now,
+                "untested",
+                None,
             )
         self.refresh()
 

@@ -13,7 +13,9 @@ Endpoint = Literal[
 SUPPORTED_ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 
-FilePurpose = Literal["batch", "batch_output", "fine-tune", "assistants", "user_data", "evals"]
+FilePurpose = Literal[
+    "batch", "batch_output", "fine-tune", "fine-tune-results", "assistants", "user_data", "evals"
+]
 FILE_PURPOSES: tuple[str, ...] = get_args(FilePurpose)
 
 

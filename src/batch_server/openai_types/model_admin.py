@@ -96,7 +96,7 @@ class ModelSpecView(APIObject):
 
 class AdminModel(Identified):
     object: Literal["admin.model"] = "admin.model"
-    origin: Literal["config", "api"]
+    origin: Literal["config", "api", "fine_tune"]
     created_at: int
     updated_at: float
     status: ModelStatus

@@ -35,8 +35,9 @@ class Model(Identified):
         description="Its latest test load's verdict; a 'failed' model takes no batch"
     )
     status_reason: str | None = Field(description="Why its test load failed")
-    origin: Literal["config", "api"] = Field(
-        description="'config': defined in the config file; 'api': added over the admin API"
+    origin: Literal["config", "api", "fine_tune"] = Field(
+        description="'config': defined in the config file; 'api': added over the admin API; "
+        "'fine_tune': made by a fine-tuning job"
     )
 
 

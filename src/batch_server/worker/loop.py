@@ -25,6 +25,7 @@ from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.wakeup import Wakeup
 from batch_server.worker.engine_slot import EngineSlot
+from batch_server.worker.fine_tuning import FineTuning
 from batch_server.worker.model_tests import ModelTests
 from batch_server.worker.presence import Presence
 from batch_server.worker.runs import Runner
@@ -52,12 +53,17 @@ class Worker:
         self.presence = Presence(jobs, self.id, gpu, loaded=lambda: self.slot.model_id)
         self.slot = EngineSlot(settings, models, jobs, self.presence)
         self.model_tests = ModelTests(settings, models, self.slot, self.presence)
-        self.steps = BatchSteps(settings, models, jobs, store, self.presence, wake.waiter())
+        self._stopping = threading.Event()
+        self.fine_tuning = FineTuning(
+            settings, models, store, self.presence, self._stopping, unload=self.slot.close
+        )
+        self.steps = BatchSteps(
+            settings, models, jobs, store, self.presence, wake.waiter(), self.fine_tuning
+        )
         self.runner = Runner(
             settings, jobs, store, self.slot, self.presence, may_take_more=self._may_take_more
         )
         self._waiter = wake.waiter()
-        self._stopping = threading.Event()
         self._held: str | None = None
         self._next_claim: Claim | None = None
 
@@ -106,6 +112,8 @@ class Worker:
                     self.presence.engine(WorkerState.HELD)
                     return False
                 if self.model_tests.step():  # a test load goes before any unit
+                    return True
+                if self.fine_tuning.step():  # a fine-tuning job too: it unloads the engine
                     return True
                 claim = self.jobs.claim_unit(self.id, prefer_model=self.slot.model_id)
                 if claim is None:

@@ -1,4 +1,5 @@
-"""Batch steps beside the engine: expiry, housekeeping, validation and finalization.
+"""Batch steps beside the engine: expiry, housekeeping, validation and finalization (and
+the validation of fine-tuning jobs' files).
 
 They run in a thread of their own, so a new batch is validated as soon as it is created
 and a finished one finalized at once, whatever the engine is doing (a long unit of
@@ -23,6 +24,7 @@ from batch_server.models.registry import ModelRegistry
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.wakeup import Waiter
+from batch_server.worker.fine_tuning import FineTuning
 from batch_server.worker.presence import Presence
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class BatchSteps:
         store: FileStore,
         presence: Presence,
         waiter: Waiter,
+        fine_tuning: FineTuning,
     ) -> None:
         self.settings = settings
         self.models = models
@@ -46,6 +49,7 @@ class BatchSteps:
         self.store = store
         self.presence = presence
         self.waiter = waiter
+        self.fine_tuning = fine_tuning
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_expiry_check = 0.0
@@ -84,7 +88,7 @@ class BatchSteps:
             housekeeping.run(self.jobs.db, self.settings, self.store)
         step = self.jobs.claim_batch_step(self.presence.id)
         if step is None:
-            return False
+            return self._fine_tuning_files()
         validating = step.kind == "validate"
         self.presence.step(
             WorkerState.VALIDATING if validating else WorkerState.FINALIZING, step.batch_id
@@ -107,3 +111,7 @@ class BatchSteps:
         finally:
             self.presence.step(WorkerState.IDLE)
         return True
+
+    def _fine_tuning_files(self) -> bool:
+        """Validate a fine-tuning job's files, if one waits."""
+        return self.fine_tuning.validate_step()
