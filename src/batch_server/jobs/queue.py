@@ -84,6 +84,10 @@ class Result:
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    # from the plugins (see batch_server.plugins.results): kept after finalization
+    fields: dict[str, Any] | None = None
+    plugin_error: str | None = None
+    ratings: dict[str, Any] | None = None
 
 
 class WorkQueue:
@@ -245,6 +249,9 @@ class WorkQueue:
                                 is_error=r.is_error,
                                 payload=r.payload,
                                 worker=worker_id,
+                                fields=r.fields,
+                                plugin_error=r.plugin_error,
+                                ratings=r.ratings,
                             )
                         )
                 except IntegrityError:

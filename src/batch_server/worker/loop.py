@@ -21,6 +21,7 @@ from batch_server.jobs.manager import JobManager
 from batch_server.jobs.queue import Claim
 from batch_server.logs import bind
 from batch_server.models.registry import ModelRegistry
+from batch_server.plugins.manager import Plugins
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.wakeup import Wakeup
@@ -42,6 +43,7 @@ class Worker:
         store: FileStore,
         gpu: GpuMonitor,
         wake: Wakeup,
+        plugins: Plugins | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -52,9 +54,17 @@ class Worker:
         self.presence = Presence(jobs, self.id, gpu, loaded=lambda: self.slot.model_id)
         self.slot = EngineSlot(settings, models, jobs, self.presence)
         self.model_tests = ModelTests(settings, models, self.slot, self.presence)
-        self.steps = BatchSteps(settings, models, jobs, store, self.presence, wake.waiter())
+        self.steps = BatchSteps(
+            settings, models, jobs, store, self.presence, wake.waiter(), plugins
+        )
         self.runner = Runner(
-            settings, jobs, store, self.slot, self.presence, may_take_more=self._may_take_more
+            settings,
+            jobs,
+            store,
+            self.slot,
+            self.presence,
+            may_take_more=self._may_take_more,
+            plugins=plugins,
         )
         self._waiter = wake.waiter()
         self._stopping = threading.Event()
