@@ -89,6 +89,12 @@ class Result:
     plugin_error: str | None = None
     ratings: dict[str, Any] | None = None
 
+    def plugin_columns(self) -> dict[str, Any]:
+        """The plugin columns that have a value (a JSON column given ``None`` would hold
+        JSON ``null``, not SQL NULL)."""
+        values = {"fields": self.fields, "plugin_error": self.plugin_error}
+        return {k: v for k, v in (values | {"ratings": self.ratings}).items() if v is not None}
+
 
 class WorkQueue:
     """The work-unit half of the :class:`~batch_server.jobs.manager.JobManager`."""
@@ -249,9 +255,7 @@ class WorkQueue:
                                 is_error=r.is_error,
                                 payload=r.payload,
                                 worker=worker_id,
-                                fields=r.fields,
-                                plugin_error=r.plugin_error,
-                                ratings=r.ratings,
+                                **r.plugin_columns(),
                             )
                         )
                 except IntegrityError:
