@@ -34,7 +34,7 @@ from batch_server.jobs.lifecycle import LIVE
 from batch_server.jobs.manager import WORKER_FRESH_SECONDS
 from batch_server.jobs.queue import RUN_ORDER
 from batch_server.jobs.result_fields import FieldFilter, matching_indexes, plugin_data
-from batch_server.jobs.validation import iter_lines
+from batch_server.jobs.validation import ParsedLine, iter_lines
 from batch_server.storage import FileStore
 
 # A first line's max_tokens above this counts as this much in a waiting batch's ETA.
@@ -322,7 +322,7 @@ def request_pairs(
     except FileNotFoundError:
         return [], False
     with fh:
-        lines = enumerate(iter_lines(fh, limit=VIEW_LINE_LIMIT))
+        lines: Iterator[tuple[int, ParsedLine]] = enumerate(iter_lines(fh, limit=VIEW_LINE_LIMIT))
         if where:
             wanted = list(islice(matching_indexes(db, batch.id, where), offset, offset + limit + 1))
             chosen = set(wanted)
