@@ -19,6 +19,7 @@ from batch_server.api import collections as collections_api
 from batch_server.api import comparisons as comparisons_api
 from batch_server.api import label_studio as label_studio_api
 from batch_server.api import metrics as metrics_api
+from batch_server.api import plugins as plugins_api
 from batch_server.api import review as review_api
 from batch_server.api import webhooks as webhooks_api
 from batch_server.api.deps import invalid_parameter
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         review_api,
         comparisons_api,
         benchmarks,
+        plugins_api,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)

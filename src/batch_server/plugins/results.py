@@ -6,7 +6,7 @@ call into a plugin is guarded: its exception becomes a :class:`PluginError` nami
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -36,8 +36,18 @@ def guarded(plugin: str, what: str, fn: Callable[..., T], *args: Any) -> T:
         raise PluginError(f"plugin {plugin}: {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def is_templated(line: dict[str, Any]) -> bool:
-    return "template" in line
+def guarded_iter(plugin: str, what: str, items: Iterator[T]) -> Iterator[T]:
+    """``items`` (made by a plugin) with an exception while making them named."""
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise PluginError(f"plugin {plugin}: {what}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(item, bytes | bytearray):
+            raise PluginError(f"plugin {plugin}: {what}: wrote a {type(item).__name__}")
+        yield item
 
 
 def check_input(plugins: Plugins, name: Any, record: Any) -> PluginError | None:
