@@ -11,42 +11,18 @@ from batch_server.api.deps import Ctx
 from batch_server.api.openapi import errors
 from batch_server.app_context import AppContext
 from batch_server.errors import APIError, NotFound
-from batch_server.openai_types.plugins import Plugin, PluginList, TemplateInfo
+from batch_server.openai_types.plugins import Plugin, PluginList
 from batch_server.plugins import states
+from batch_server.plugins.views import plugin_view, plugin_views
 
 router = APIRouter(tags=["plugins"], responses=errors(401, 403))
-
-
-def plugin_object(ctx: AppContext, name: str) -> Plugin:
-    info = ctx.plugins.infos[name]
-    templates = [ctx.plugins.templates[t][1] for t in info.templates]
-    return Plugin(
-        name=info.name,
-        source="entry_point" if info.source == "entry_point" else "plugins_dir",
-        version=info.version,
-        hooks=info.hooks,
-        enabled=ctx.plugins.enabled(name),
-        loaded=info.loaded,
-        error=info.error,
-        templates=[
-            TemplateInfo(
-                name=t.name,
-                description=t.description,
-                input_schema=t.input_schema,
-                output_schema=t.output_schema,
-            )
-            for t in templates
-        ],
-        exporters=info.exporters,
-        ratings=info.ratings,
-    )
 
 
 @router.get("/v1/plugins")
 def list_plugins(ctx: Ctx, _who: Auth) -> PluginList:
     """The plugins this server found (entry points and ``plugins_dir``), each with its
     hooks, templates, exporters, ratings, whether it is enabled and any load error."""
-    return PluginList(data=[plugin_object(ctx, name) for name in ctx.plugins.infos])
+    return PluginList(data=plugin_views(ctx.plugins))
 
 
 def _switch(ctx: AppContext, name: str, enabled: bool) -> Plugin:
@@ -61,7 +37,7 @@ def _switch(ctx: AppContext, name: str, enabled: bool) -> Plugin:
         )
     states.set_enabled(ctx.db, name, enabled)
     ctx.plugins.refresh()
-    return plugin_object(ctx, name)
+    return plugin_view(ctx.plugins, name)
 
 
 @router.post("/v1/admin/plugins/{name}/enable", responses=errors(400, 404))
