@@ -46,15 +46,23 @@ INPUT_SCHEMA: dict[str, Any] = {
     },
 }
 
+# Short phrases, at most two of each: the JSON grammar that constrains generation keeps
+# the answer short enough to finish within max_tokens (a small model otherwise goes on
+# listing). The score is an enum, not minimum/maximum, for the same grammar's sake.
+PHRASES: dict[str, Any] = {
+    "type": "array",
+    "maxItems": 2,
+    "items": {"type": "string", "minLength": 1, "maxLength": 40},
+}
 OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["score", "verdict", "strengths", "concerns"],
     "additionalProperties": False,
     "properties": {
-        "score": {"type": "integer", "minimum": 1, "maximum": 10},
+        "score": {"type": "integer", "enum": list(range(1, 11))},
         "verdict": {"type": "string", "enum": ["hire", "maybe", "reject"]},
-        "strengths": {"type": "array", "items": {"type": "string"}},
-        "concerns": {"type": "array", "items": {"type": "string"}},
+        "strengths": PHRASES,
+        "concerns": PHRASES,
     },
 }
 
@@ -85,7 +93,7 @@ def build(record: dict[str, Any]) -> dict[str, Any]:
             "json_schema": {"name": "candidate_evaluation", "strict": True, "schema": OUTPUT_SCHEMA},
         },
         "temperature": 0,
-        "max_tokens": 160,
+        "max_tokens": 200,
     }
 
 
