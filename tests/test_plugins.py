@@ -455,3 +455,20 @@ def test_disable_and_enable_reach_server_and_worker(setup: Setup) -> None:
     assert done.status == "completed" and done.request_counts.completed == 2
     # admin routes only: an unknown plugin is not found
     assert cluster.http.post("/v1/admin/plugins/nope/disable").status_code == 404
+
+
+def test_every_hook_is_documented() -> None:
+    """As Datasette's tests do: each hook specification has its section in docs/plugins.md
+    (with its arguments) and a docstring."""
+    import inspect
+
+    from batch_server.plugins import hookspecs
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "plugins.md").read_text()
+    hooks = [n for n in dir(hookspecs) if n.startswith("batch_server_")]
+    assert len(hooks) == 5
+    for name in hooks:
+        fn = getattr(hookspecs, name)
+        args = ", ".join(inspect.signature(fn).parameters)
+        assert f"### `{name}({args})`" in text, name
+        assert fn.__doc__ and fn.__doc__.strip(), name
