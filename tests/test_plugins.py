@@ -150,8 +150,8 @@ def test_installed_plugin_is_listed(setup: Setup) -> None:
         "batch_server_ratings",
     }
     assert "notes" not in found  # only .py modules and packages are plugins
-    listed = setup.cluster.cli("plugins", "list", "--url", setup.cluster.url)
-    assert PLUGIN in listed and "flaky" in listed and "broken_import" in listed
+    listed = json.loads(setup.cluster.cli("plugins", "list", "--json", "--url", setup.cluster.url))
+    assert {p["name"] for p in listed["data"]} == {PLUGIN, "flaky", "broken_import"}
 
 
 def test_templated_batch_end_to_end(setup: Setup) -> None:

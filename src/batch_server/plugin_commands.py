@@ -39,7 +39,10 @@ def list_plugins(
     if as_json:
         console.print_json(data=found)
         return
-    table = Table("name", "version", "source", "state", "templates", "exporters", "error")
+    table = Table()
+    table.add_column("name", overflow="fold", min_width=12)  # never cut: enable/disable take it
+    for column in ("version", "source", "state", "templates", "exporters", "error"):
+        table.add_column(column, overflow="fold")
     for p in found["data"]:
         table.add_row(
             p["name"],
