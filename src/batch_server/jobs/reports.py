@@ -400,7 +400,9 @@ def _results_for(
                 )
             ).all()
         found = [json.loads(r[0]) for r in rows]
-        if found or _reload(db, batch.id).status in LIVE:
+        # all there, or still running; else finalized meanwhile (rows with plugin fields
+        # outlive finalization: a partial set is no answer)
+        if len(found) >= len(items) or _reload(db, batch.id).status in LIVE:
             return {f["custom_id"]: f for f in found}
         batch = _reload(db, batch.id)
     wanted = {item["custom_id"] for item in items} - {None}
