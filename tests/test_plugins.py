@@ -291,7 +291,7 @@ def page(browser: Browser, setup: Setup) -> Iterator[Page]:
 def test_review_page_shows_fields(setup: Setup, page: Page) -> None:
     items = pairs(setup.cluster, setup.batch_id)
     page.goto(f"/ui/batches/{setup.batch_id}/review")
-    keys = page.locator("body")
+    keys = page.keyboard
     for n, item in enumerate(items[:8]):
         expect(page.locator("#review-position")).to_contain_text(f"· {item['custom_id']}")
         view = page.locator("#review-answer .plugin-view")
