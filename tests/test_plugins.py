@@ -472,3 +472,23 @@ def test_every_hook_is_documented() -> None:
         args = ", ".join(inspect.signature(fn).parameters)
         assert f"### `{name}({args})`" in text, name
         assert fn.__doc__ and fn.__doc__.strip(), name
+
+
+def test_only_states_writes_plugin_states() -> None:
+    """One writer per table: ``plugins/states.py`` is the only module that makes or
+    changes a ``PluginStateRow``."""
+    import ast
+
+    src = Path(__file__).resolve().parent.parent / "src" / "batch_server"
+    writers = set()
+    for path in src.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = node.func.id if isinstance(node.func, ast.Name) else None
+                args = [a.id for a in node.args if isinstance(a, ast.Name)]
+                if name == "PluginStateRow" or (
+                    name in ("insert", "update", "delete") and "PluginStateRow" in args
+                ):
+                    writers.add(str(path.relative_to(src)))
+    assert writers == {"plugins/states.py"}
