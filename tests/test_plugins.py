@@ -110,9 +110,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     cluster = Cluster(tmp, {"plugins_dir": plugins_dir, "unit_size": 5}, in_process_worker=False)
     cluster.start_worker()  # a worker process of its own: it must obey the switches too
     lines = [templated(f"cand-{i}", TEMPLATE, record(i)) for i in range(20)]
+    started = time.monotonic()
     batch = submit(cluster.client, lines, extra_body={"model": MODEL})
     done = wait_for(cluster.client, batch.id, timeout=480)
     assert done.status == "completed", done
+    print(f"\n20 templated requests in {time.monotonic() - started:.1f} s")
     yield Setup(cluster, batch.id)
     cluster.close()
 
