@@ -81,7 +81,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("job_id", "key", name=op.f("uq_fine_tuning_events_job_id")),
     )
     with op.batch_alter_table("fine_tuning_events", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_fine_tuning_events_job_id"), ["job_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_fine_tuning_events_job_id"), ["job_id"], unique=False
+        )
 
     op.create_table(
         "fine_tuning_checkpoints",
@@ -95,7 +97,9 @@ def upgrade() -> None:
         sa.Column("location", sa.String(length=1024), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_fine_tuning_checkpoints")),
         sa.UniqueConstraint("id", name=op.f("uq_fine_tuning_checkpoints_id")),
-        sa.UniqueConstraint("job_id", "step", name=op.f("uq_fine_tuning_checkpoints_job_id")),
+        sa.UniqueConstraint(
+            "job_id", "step", name=op.f("uq_fine_tuning_checkpoints_job_id")
+        ),
     )
 
 
