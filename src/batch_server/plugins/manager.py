@@ -133,7 +133,10 @@ class Plugins:
             ("batch_server_ratings", Rating),
         ):
             try:
-                items = self.call(name, hook) or []
+                returned = self.call(name, hook) or []
+                if not isinstance(returned, list | tuple):
+                    raise PluginError(f"plugin {name}: {hook} returned no list")
+                items = list(returned)
                 for item in items:
                     if not isinstance(item, kind):
                         raise PluginError(f"plugin {name}: {hook} returned a {type(item)!r}")
@@ -148,7 +151,10 @@ class Plugins:
                     self.templates[item.name] = (name, item)
                     info.templates.append(item.name)
                 elif isinstance(item, Exporter):
-                    self.exporters.setdefault(item.name, (name, item))
+                    if item.name in self.exporters:
+                        info.error = f"exporter {item.name!r} is offered by another plugin"
+                        continue
+                    self.exporters[item.name] = (name, item)
                     info.exporters.append(item.name)
                 elif isinstance(item, Rating):
                     self.ratings.append((name, item))
