@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP_INSTALL) -e '.[llamacpp]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+$(VENV)/.installed-test: pyproject.toml plugins/candidate-evaluator/pyproject.toml $(VENV)/.installed
 	$(PIP_INSTALL) -e '.[test]'
+	$(PY) -m pip install --quiet -e plugins/candidate-evaluator
 	$(MODERATION_MODEL)
 	$(LABEL_STUDIO_SDK)
 	touch $@

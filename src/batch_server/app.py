@@ -20,6 +20,7 @@ from batch_server.api import comparisons as comparisons_api
 from batch_server.api import fine_tuning as fine_tuning_api
 from batch_server.api import label_studio as label_studio_api
 from batch_server.api import metrics as metrics_api
+from batch_server.api import plugins as plugins_api
 from batch_server.api import review as review_api
 from batch_server.api import webhooks as webhooks_api
 from batch_server.api.deps import invalid_parameter
@@ -76,6 +77,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         comparisons_api,
         benchmarks,
         fine_tuning_api,
+        plugins_api,
     ):
         app.include_router(module.router)
     app.add_middleware(EdgeGuard, settings=settings, streamed=STREAMED_UPLOADS)

@@ -15,6 +15,7 @@ from batch_server.jobs.manager import JobManager
 from batch_server.keys import KeyCache
 from batch_server.models import prices
 from batch_server.models.registry import ModelRegistry
+from batch_server.plugins.manager import Plugins
 from batch_server.storage import FileStore, make_store
 from batch_server.wakeup import Wakeup
 from batch_server.webhooks import Dispatcher
@@ -35,6 +36,8 @@ class AppContext:
     keys: KeyCache
     # The model registry (database, seeded from the config file).
     models: ModelRegistry
+    # The plugins found at start (entry points and plugins_dir), enabled as the DB says.
+    plugins: Plugins
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -55,6 +58,7 @@ class AppContext:
             jobs=JobManager.from_settings(db, settings, wake),
             keys=KeyCache(db),
             models=models,
+            plugins=Plugins(db, settings.plugins_dir).load(),
         )
 
     def start_services(self, worker: bool, in_thread: bool = True) -> Services:
@@ -66,7 +70,9 @@ class AppContext:
         return services
 
     def _worker(self) -> Worker:
-        return Worker(self.settings, self.models, self.jobs, self.store, self.gpu, self.wake)
+        return Worker(
+            self.settings, self.models, self.jobs, self.store, self.gpu, self.wake, self.plugins
+        )
 
 
 class Services:

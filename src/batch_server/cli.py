@@ -17,6 +17,7 @@ from batch_server import (
     label_studio_commands,
     logs,
     model_commands,
+    plugin_commands,
 )
 from batch_server.config import ModelNotAvailable, Settings, load_settings
 
@@ -267,6 +268,8 @@ for _name, _command in client_commands.COMMANDS.items():
 # Collections and their exports (issue 15), see collection_commands.py.
 app.command("export")(collection_commands.export)
 app.add_typer(collection_commands.collections_app, name="collections")
+# Plugins (plugin_commands.py).
+app.add_typer(plugin_commands.app, name="plugins")
 # The Label Studio round trip (label_studio_commands.py).
 app.add_typer(label_studio_commands.app, name="label-studio")
 

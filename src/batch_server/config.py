@@ -372,6 +372,13 @@ class Settings(BaseSettings):
         "a secret: never logged or returned",
     )
 
+    # -- plugins (batch_server.plugins, docs/plugins.md) -----------------------------------
+    plugins_dir: Path | None = Field(
+        default=None,
+        description="A directory of plugin modules (x.py) and packages (x/__init__.py), "
+        "loaded beside the installed plugins of the batch_server entry-point group",
+    )
+
     # -- prices (see batch_server.models.prices) ------------------------------------------
     prices: dict[str, PriceSpec] = Field(
         default_factory=dict,

@@ -116,6 +116,7 @@ def dry_run(
         endpoint=endpoint,
         model=model,
         max_requests=max_requests,
+        plugins=ctx.plugins,
     )
     return {
         "object": "batch.validation",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ from batch_server.app_context import AppContext
 from batch_server.db.pages import paginate
 from batch_server.db.tables import BatchRow
 from batch_server.errors import APIError, Conflict, NotFound
-from batch_server.jobs import reports
+from batch_server.jobs import reports, result_fields
 from batch_server.models.provenance import runs_of
 from batch_server.openai_types import (
     SUPPORTED_ENDPOINTS,
@@ -189,12 +190,30 @@ def failed_requests(
     return verbatim(FailedRequests.model_validate(page | {"validation_errors": row.errors or []}))
 
 
+FIELD_FILTERS = Query(
+    [],
+    description="Only requests whose plugin fields pass: NAME:VALUE (equals), NAME>=N, "
+    "NAME<=N, NAME>N, NAME<N; repeat for several (all must pass)",
+)
+
+
 @router.get("/{batch_id}/requests", response_model=RequestPairs, responses=errors(404, 422))
 def request_pairs(
-    batch_id: str, ctx: Ctx, who: Auth, limit: int = Query(20), offset: Offset = 0
+    batch_id: str,
+    ctx: Ctx,
+    who: Auth,
+    limit: int = Query(20),
+    offset: Offset = 0,
+    field: list[str] = FIELD_FILTERS,
 ) -> JSONResponse:
-    """Input requests next to their responses or errors, in input order."""
-    page = _offset_page(ctx, who, batch_id, offset, limit, 200, reports.request_pairs)[1]
+    """Input requests next to their responses or errors and plugin fields, in input
+    order; with ``field``, only those whose fields pass every filter."""
+    try:
+        where = [result_fields.parse_filter(f) for f in field]
+    except ValueError as exc:
+        raise APIError(str(exc), param="field", code="invalid_value") from exc
+    read = functools.partial(reports.request_pairs, where=where)
+    page = _offset_page(ctx, who, batch_id, offset, limit, 200, read)[1]
     return verbatim(RequestPairs.model_validate(page))
 
 

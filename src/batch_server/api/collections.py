@@ -160,7 +160,7 @@ async def create_export(
         include_system=o.include_system,
     )
     done = await run_in_threadpool(
-        exports.export, ctx.db, ctx.store, row, number, body.format, options
+        exports.export, ctx.db, ctx.store, row, number, body.format, options, ctx.plugins
     )
     return export_object(row.id, done)
 

@@ -11,10 +11,13 @@ from batch_server.api.auth import Auth
 from batch_server.api.batch_creation import load
 from batch_server.api.deps import Ctx, Offset, check_limit, verbatim
 from batch_server.api.openapi import errors
+from batch_server.app_context import AppContext
 from batch_server.curation import annotations as annotation_store
 from batch_server.curation import review
+from batch_server.curation.requests import RequestPair
 from batch_server.errors import APIError
 from batch_server.openai_types.review import ReviewCounts, ReviewItem, ReviewPage
+from batch_server.plugins.results import render
 
 router = APIRouter(tags=["review"], responses=errors(400, 401, 403, 404, 422))
 
@@ -35,6 +38,11 @@ def _storable(custom_id: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _rendered(ctx: AppContext, pair: RequestPair) -> str | None:
+    fragment = render(ctx.plugins, pair.template, pair.fields, pair.response, pair.plugin_error)
+    return None if fragment is None else str(fragment)
 
 
 @router.get("/v1/batches/{batch_id}/review", response_model=ReviewPage)
@@ -78,6 +86,11 @@ def review_batch(
                 annotation=annotation_object(note) if note is not None else None,
                 confidence=item.confidence,
                 disagreement=item.disagreement,
+                template=pair.template,
+                fields=pair.fields,
+                plugin_error=pair.plugin_error,
+                ratings=pair.ratings,
+                rendered=_rendered(ctx, pair),
             )
         )
     return verbatim(

@@ -20,7 +20,9 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 
 def prompt_messages(endpoint: str, body: dict[str, Any]) -> list[dict[str, str]]:
     """The request's prompt as ``[{role, content}]`` (system and user turns, and earlier
-    assistant turns with text)."""
+    assistant turns with text); a templated line's record, as JSON, for its user turn."""
+    if "template" in body and "messages" not in body:
+        return [{"role": "user", "content": json.dumps(body.get("input"), ensure_ascii=False)}]
     if endpoint == "/v1/chat/completions":
         return _messages(body.get("messages"))
     if endpoint == "/v1/responses":
@@ -105,5 +107,9 @@ def _example(endpoint: str, pair: RequestPair, note: AnnotationRow) -> dict[str,
         "note": note.note,
         "rater": note.rater,
         "annotated_at": int(note.updated_at),
-        "fields": parsed_fields(target),
+        # a plugin's fields of the model's answer (a fixed answer is parsed as JSON)
+        "fields": parsed_fields(target) if target != answer or pair.fields is None else pair.fields,
+        "template": pair.template,
+        "ratings": pair.ratings,
+        "plugin_error": pair.plugin_error,
     }

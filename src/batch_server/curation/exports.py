@@ -33,6 +33,9 @@ from batch_server.curation.finetune_format import example_errors
 from batch_server.db.session import Database
 from batch_server.db.tables import CollectionRow, FileRow
 from batch_server.errors import APIError
+from batch_server.plugins.manager import PluginError, Plugins
+from batch_server.plugins.results import guarded_iter
+from batch_server.plugins.types import Exporter
 from batch_server.storage import CHUNK, FileStore, Writer
 
 Format = Literal["openai-finetune-jsonl", "few-shot-json", "few-shot-prompt", "csv", "parquet"]
@@ -95,12 +98,17 @@ def export(
     number: int,
     fmt: str,
     options: Options,
+    plugins: Plugins | None = None,
 ) -> Export:
-    """Write version ``number`` of ``collection`` as ``fmt`` into a new File (owned by the
-    collection's owner)."""
-    if fmt not in FORMATS:
+    """Write version ``number`` of ``collection`` as ``fmt`` (a built-in format or an
+    enabled plugin's exporter) into a new File (owned by the collection's owner)."""
+    found = plugins.exporter(fmt) if plugins is not None and fmt not in FORMATS else None
+    if fmt not in FORMATS and found is None:
+        extra = sorted(n for n in plugins.exporters if plugins.exporter(n)) if plugins else []
         raise APIError(
-            f"format must be one of {', '.join(FORMATS)}", param="format", code="invalid_value"
+            f"format must be one of {', '.join([*FORMATS, *extra])}",
+            param="format",
+            code="invalid_value",
         )
     labels = options.labels or (collections.DEFAULT_LABELS if fmt == FORMATS[0] else None)
 
@@ -111,10 +119,14 @@ def export(
 
     file_id = ids.file_id()
     tally = _Tally()
-    writer = _WRITERS[fmt]
-    with store.writer(file_id) as out:
-        writer(examples, out, options, tally)
-        size = out.tell()
+    writer = _WRITERS[fmt] if found is None else _plugin_writer(*found)
+    try:
+        with store.writer(file_id) as out:
+            writer(examples, out, options, tally)
+            size = out.tell()
+    except PluginError as exc:
+        store.delete(file_id)
+        raise APIError(str(exc), param="format", code="plugin_error", status_code=500) from exc
     if tally.count == 0 and fmt in FORMATS[:3]:
         store.delete(file_id)
         raise APIError(
@@ -124,7 +136,8 @@ def export(
             code="empty_export",
         )
     purpose = "fine-tune" if fmt == "openai-finetune-jsonl" else "user_data"
-    filename = f"{collection.name}-v{number}{SUFFIX[fmt]}"
+    suffix = SUFFIX[fmt] if found is None else found[1].suffix
+    filename = f"{collection.name}-v{number}{suffix}"
     row = save_file(db, file_id, purpose, filename, size, collection.owner)
     return Export(row, fmt, number, tally.count, tally.skipped, tally.tokens)
 
@@ -312,7 +325,30 @@ def _copy(src: BinaryIO, out: Writer) -> None:
         out.write(chunk)
 
 
-_WRITERS: dict[str, Callable[[Examples, Writer, Options, _Tally], None]] = {
+# -- plugins ---------------------------------------------------------------------------
+
+
+def _plugin_writer(plugin: str, exporter: Exporter) -> _Write:
+    """A plugin's exporter as a writer: its exception becomes a :class:`PluginError`."""
+
+    def write(examples: Examples, out: Writer, options: Options, tally: _Tally) -> None:
+        def counted() -> Iterator[dict[str, Any]]:
+            for ex in examples():
+                tally.count += 1
+                yield ex
+
+        def chunks() -> Iterator[bytes]:
+            data = exporter.write(counted())
+            yield from [data] if isinstance(data, bytes) else data
+
+        for chunk in guarded_iter(plugin, f"exporter {exporter.name}", chunks()):
+            out.write(chunk)
+
+    return write
+
+
+_Write = Callable[[Examples, Writer, Options, _Tally], None]
+_WRITERS: dict[str, _Write] = {
     "openai-finetune-jsonl": _finetune,
     "few-shot-json": _few_shot_json,
     "few-shot-prompt": _few_shot_prompt,

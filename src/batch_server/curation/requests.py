@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -17,6 +17,7 @@ from sqlalchemy import select
 from batch_server.db.session import Database
 from batch_server.db.tables import BatchRow, ResultRow
 from batch_server.jobs.reports import VIEW_LINE_LIMIT, file_lines
+from batch_server.jobs.result_fields import plugin_data
 from batch_server.jobs.validation import iter_lines
 from batch_server.statuses import LIVE
 from batch_server.storage import FileStore
@@ -32,6 +33,12 @@ class RequestPair:
     status_code: int | None  # None: not run yet
     response: dict[str, Any] | None  # the response body of a request that succeeded
     error: dict[str, Any] | None  # the error of one that failed
+    # a templated line (batch_server.plugins): its template, and what plugins made of the
+    # answer (parsed fields, a parse or rating failure, automatic ratings)
+    template: str | None = None
+    fields: dict[str, Any] | None = None
+    plugin_error: str | None = None
+    ratings: dict[str, Any] | None = None
 
     @property
     def model(self) -> str | None:
@@ -57,6 +64,7 @@ def iter_pairs(
             _Head(_file_outcomes(store, batch.error_file_id)),
         ]
     )
+    plugged = _Plugged(db, batch.id, start)
     with fh:
         for index, line in enumerate(iter_lines(fh, limit=VIEW_LINE_LIMIT)):
             try:
@@ -72,7 +80,32 @@ def iter_pairs(
             if index < start:
                 continue
             body = obj.get("body")
-            yield _pair(index, custom_id, body if isinstance(body, dict) else {}, found)
+            body = body if isinstance(body, dict) else {}
+            template = obj.get("template") if isinstance(obj.get("template"), str) else None
+            if template is not None:  # the record stands for the body the template built
+                body = {"template": template, "input": obj.get("input"), **body}
+            pair = _pair(index, custom_id, body, found)
+            yield plugged.add(replace(pair, template=template)) if template else pair
+
+
+class _Plugged:
+    """The plugin data of a batch's results, read alongside its requests."""
+
+    def __init__(self, db: Database, batch_id: str, start: int) -> None:
+        self.rows: Iterator[Any] | None = None
+        self.start = (db, batch_id, start)
+        self.head: Any = None
+
+    def add(self, pair: RequestPair) -> RequestPair:
+        if self.rows is None:  # read only for a batch with templated lines
+            self.rows = plugin_data(*self.start)
+            self.head = next(self.rows, None)
+        while self.head is not None and self.head[0] < pair.index:
+            self.head = next(self.rows, None)
+        if self.head is None or self.head[0] != pair.index:
+            return pair
+        _index, fields, error, ratings = self.head
+        return replace(pair, fields=fields, plugin_error=error, ratings=ratings)
 
 
 class _Head:

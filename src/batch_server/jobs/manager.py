@@ -353,7 +353,15 @@ class JobManager(WorkQueue):
                     )
                 )
             if end.ok is not None:
-                s.execute(delete(ResultRow).where(ResultRow.batch_id == batch.id))
+                # the lines are in the files now; what plugins made of them is kept
+                s.execute(
+                    delete(ResultRow).where(
+                        ResultRow.batch_id == batch.id,
+                        ResultRow.fields.is_(None),
+                        ResultRow.plugin_error.is_(None),
+                        ResultRow.ratings.is_(None),
+                    )
+                )
             if end.unexecuted:
                 code, count = end.unexecuted
                 metrics.increment(s, "request_errors", {"code": code}, count)

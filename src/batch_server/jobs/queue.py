@@ -84,6 +84,16 @@ class Result:
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    # from the plugins (see batch_server.plugins.results): kept after finalization
+    fields: dict[str, Any] | None = None
+    plugin_error: str | None = None
+    ratings: dict[str, Any] | None = None
+
+    def plugin_columns(self) -> dict[str, Any]:
+        """The plugin columns that have a value (a JSON column given ``None`` would hold
+        JSON ``null``, not SQL NULL)."""
+        values = {"fields": self.fields, "plugin_error": self.plugin_error}
+        return {k: v for k, v in (values | {"ratings": self.ratings}).items() if v is not None}
 
 
 class WorkQueue:
@@ -245,6 +255,7 @@ class WorkQueue:
                                 is_error=r.is_error,
                                 payload=r.payload,
                                 worker=worker_id,
+                                **r.plugin_columns(),
                             )
                         )
                 except IntegrityError:

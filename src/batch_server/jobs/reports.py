@@ -33,7 +33,8 @@ from batch_server.estimates import (
 from batch_server.jobs.lifecycle import LIVE
 from batch_server.jobs.manager import WORKER_FRESH_SECONDS
 from batch_server.jobs.queue import RUN_ORDER
-from batch_server.jobs.validation import iter_lines
+from batch_server.jobs.result_fields import FieldFilter, matching_indexes, plugin_data
+from batch_server.jobs.validation import ParsedLine, iter_lines
 from batch_server.storage import FileStore
 
 # A first line's max_tokens above this counts as this much in a waiting batch's ETA.
@@ -306,19 +307,32 @@ def _failure(line: dict[str, Any]) -> dict[str, Any]:
 
 
 def request_pairs(
-    db: Database, store: FileStore, batch: BatchRow, offset: int, limit: int
+    db: Database,
+    store: FileStore,
+    batch: BatchRow,
+    offset: int,
+    limit: int,
+    where: list[FieldFilter] | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Input requests ``offset``..``offset+limit`` next to their responses or errors
-    (``None`` while not run yet); and whether there are more."""
+    (``None`` while not run yet) and plugin fields; and whether there are more. With
+    ``where``, only the requests whose fields pass every filter."""
     try:
         fh = store.open(batch.input_file_id)
     except FileNotFoundError:
         return [], False
     with fh:
-        page = list(islice(iter_lines(fh, limit=VIEW_LINE_LIMIT), offset, offset + limit + 1))
+        lines: Iterator[tuple[int, ParsedLine]] = enumerate(iter_lines(fh, limit=VIEW_LINE_LIMIT))
+        if where:
+            wanted = list(islice(matching_indexes(db, batch.id, where), offset, offset + limit + 1))
+            chosen = set(wanted)
+            lines = ((i, line) for i, line in lines if i in chosen)
+            page = list(islice(lines, len(wanted)))
+        else:
+            page = list(islice(lines, offset, offset + limit + 1))
     more, page = len(page) > limit, page[:limit]
     items: list[dict[str, Any]] = []
-    for i, line in enumerate(page):
+    for index, line in page:
         # The input may hold any line (a failed batch's too): not JSON, not an object, a
         # custom_id that is not a string, no body. Show it as it is.
         try:
@@ -328,17 +342,24 @@ def request_pairs(
         if not isinstance(obj, dict):
             obj = {"raw": line.raw.decode(errors="replace")}
         custom_id = obj.get("custom_id")
+        template = obj.get("template") if isinstance(obj.get("template"), str) else None
+        request = obj.get("body", obj) if template is None else obj
         items.append(
             {
-                "index": offset + i,
+                "index": index,
                 "line": line.line_no,
                 "custom_id": custom_id if isinstance(custom_id, str) else None,
-                "request": obj.get("body", obj),
+                "request": request,
                 "status_code": None,
                 "response": None,
                 "error": None,
+                "template": template,
+                "fields": None,
+                "plugin_error": None,
+                "ratings": None,
             }
         )
+    _add_plugin_data(db, batch.id, items)
     results = _results_for(db, store, batch, items)
     for item in items:
         found = results.get(item["custom_id"])
@@ -351,6 +372,16 @@ def request_pairs(
             else:
                 item["error"] = found.get("error") or (body or {}).get("error")
     return items, more
+
+
+def _add_plugin_data(db: Database, batch_id: str, items: list[dict[str, Any]]) -> None:
+    if not any(item["template"] for item in items):
+        return
+    by_index = {item["index"]: item for item in items}
+    first, last = min(by_index), max(by_index)
+    for index, fields, error, ratings in plugin_data(db, batch_id, first, last + 1):
+        if index in by_index:
+            by_index[index].update(fields=fields, plugin_error=error, ratings=ratings)
 
 
 def _results_for(
@@ -369,7 +400,9 @@ def _results_for(
                 )
             ).all()
         found = [json.loads(r[0]) for r in rows]
-        if found or _reload(db, batch.id).status in LIVE:
+        # all there, or still running; else finalized meanwhile (rows with plugin fields
+        # outlive finalization: a partial set is no answer)
+        if len(found) >= len(items) or _reload(db, batch.id).status in LIVE:
             return {f["custom_id"]: f for f in found}
         batch = _reload(db, batch.id)
     wanted = {item["custom_id"] for item in items} - {None}

@@ -21,6 +21,8 @@ from batch_server.jobs import lifecycle
 from batch_server.jobs.manager import JobManager
 from batch_server.jobs.queue import describe_error
 from batch_server.models.registry import Registry
+from batch_server.plugins.manager import PluginError, Plugins
+from batch_server.plugins.results import check_input
 from batch_server.statuses import BatchStatus
 from batch_server.storage import FileStore
 
@@ -94,9 +96,11 @@ def validate(
     model_endpoints: dict[str, frozenset[str]] | None = None,
     unavailable: dict[str, str] | None = None,
     override_model: bool = False,
+    plugins: Plugins | None = None,
 ) -> Validation:
     """Check every line; a line that passes can be stored and run (its strings are valid
-    Unicode, its model serves the batch's endpoint)."""
+    Unicode, its model serves the batch's endpoint, its template is there and enabled and
+    its ``input`` passes the template's input schema)."""
     result = Validation()
     seen: set[str] = set()
     current: Unit | None = None
@@ -166,6 +170,17 @@ def validate(
             )
             continue
         body = obj.get("body")
+        if "template" in obj:  # a record for a plugin's template; "body" may add to it
+            problem = (
+                check_input(plugins, obj["template"], obj.get("input"))
+                if plugins is not None
+                else PluginError("templates are not available here", "template_not_found")
+            )
+            if problem is not None:
+                param = "input" if problem.code == "invalid_input" else "template"
+                error(problem.code, f"Line {n}: {problem}.", n, param)
+                continue
+            body = {} if body is None else body
         if not isinstance(body, dict):
             error("invalid_body", f"Line {n}: 'body' must be a JSON object.", n, "body")
             continue
@@ -287,6 +302,7 @@ def validate_input(
     model: str | None,
     max_requests: int,
     override_model: bool = False,
+    plugins: Plugins | None = None,
 ) -> Validation:
     """Validate a batch input file with the server's settings: what a batch's validation
     step and the dry run (``POST /v1/batches/validate``) both do."""
@@ -303,6 +319,7 @@ def validate_input(
         model_endpoints=registry.endpoints(),
         unavailable=registry.unavailable(),
         override_model=override_model,
+        plugins=plugins,
     )
 
 
@@ -313,6 +330,7 @@ def validate_batch(
     registry: Registry,
     batch_id: str,
     token: str,
+    plugins: Plugins | None = None,
 ) -> BatchStatus:
     """The worker's validation step: validate the input file, then move the batch to
     ``in_progress`` with its work units, or to ``failed`` with the errors. A file that
@@ -333,6 +351,7 @@ def validate_batch(
                 model=batch.model,
                 max_requests=max_requests,
                 override_model=batch.kind in MODEL_OVERRIDING_KINDS,
+                plugins=plugins,
             )
     except Exception as exc:  # the storage, not the file's lines
         log.exception("could not read the input of %s", batch_id)

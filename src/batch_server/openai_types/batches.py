@@ -242,6 +242,18 @@ class RequestPair(APIObject):
     status_code: int | None
     response: dict[str, Any] | None = Field(description="The response body (status 200)")
     error: dict[str, Any] | None
+    template: str | None = Field(
+        default=None, description="A templated line's template (docs/plugins.md)"
+    )
+    fields: dict[str, Any] | None = Field(
+        default=None, description="The fields a plugin parsed from the answer"
+    )
+    plugin_error: str | None = Field(
+        default=None, description="Why the answer has no fields (the plugin is named)"
+    )
+    ratings: dict[str, Any] | None = Field(
+        default=None, description="Automatic ratings: name → {value, plugin}"
+    )
 
 
 class RequestPairs(APIObject):

@@ -150,7 +150,10 @@ class ExportOptions(APIObject):
 class ExportBody(APIObject):
     """``POST /v1/collections/{id}/exports``."""
 
-    format: ExportFormat
+    format: ExportFormat | str = Field(
+        description="A built-in format, or the name of an enabled plugin's exporter "
+        "(GET /v1/plugins)"
+    )
     version: int | None = Field(default=None, ge=1, description="Default: the latest")
     options: ExportOptions = Field(default_factory=ExportOptions)
 
@@ -162,7 +165,7 @@ class CollectionExport(APIObject):
     filename: str
     purpose: str
     bytes: int
-    format: ExportFormat
+    format: ExportFormat | str = Field(description="A built-in format or a plugin's exporter")
     version: int
     count: int = Field(description="Examples written")
     skipped: int = Field(description="Examples that matched the labels but were left out")

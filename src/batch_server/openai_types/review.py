@@ -33,6 +33,22 @@ class ReviewItem(APIObject):
         description="Whether the comparison's other models answered differently; "
         "null when the batch is not part of a comparison"
     )
+    template: str | None = Field(
+        default=None, description="A templated line's template (docs/plugins.md)"
+    )
+    fields: dict[str, Any] | None = Field(
+        default=None, description="The fields a plugin parsed from the answer"
+    )
+    plugin_error: str | None = Field(
+        default=None, description="Why the answer has no fields (the plugin is named)"
+    )
+    ratings: dict[str, Any] | None = Field(
+        default=None, description="Automatic ratings: name → {value, plugin}"
+    )
+    rendered: str | None = Field(
+        default=None,
+        description="The template's plugin's HTML fragment for this result (escaped HTML)",
+    )
 
 
 class ReviewCounts(APIObject):

@@ -13,6 +13,7 @@ from batch_server.web import (
     collection_pages,
     comparison_pages,
     fine_tuning_pages,
+    plugin_pages,
     review_page,
 )
 from batch_server.web.pages import LoginRequired, login_redirect, login_router, router
@@ -28,5 +29,6 @@ def install(app: FastAPI) -> None:
     app.include_router(comparison_pages.router)
     app.include_router(benchmark_pages.router)
     app.include_router(fine_tuning_pages.router)
+    app.include_router(plugin_pages.router)
     app.add_exception_handler(LoginRequired, login_redirect)  # type: ignore[arg-type]
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -36,6 +36,7 @@ from batch_server.jobs.lifecycle import LIVE
 from batch_server.models import provenance
 from batch_server.models import tests as model_tests
 from batch_server.openai_types import SUPPORTED_ENDPOINTS
+from batch_server.plugins.results import render as render_result
 
 
 class LoginRequired(Exception):
@@ -208,6 +209,10 @@ def batch_page(request: Request, batch_id: str, ctx: Ctx, offset: Offset = 0) ->
     events = reports.batch_events(ctx.db, batch_id)
     failures, more_failures = reports.failed_requests(ctx.db, ctx.store, row, 0, 50)
     pairs, more_pairs = reports.request_pairs(ctx.db, ctx.store, row, offset, 10)
+    for p in pairs:  # a plugin's fragment (its error box if it raised)
+        p["rendered"] = render_result(
+            ctx.plugins, p["template"], p["fields"], p["response"], p["plugin_error"]
+        )
     entry = next(
         (e for e in _queue(ctx)["data"] if e["id"] == batch_id),
         None,

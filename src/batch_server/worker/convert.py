@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from batch_server import ids
@@ -13,19 +14,50 @@ from batch_server.errors import error_body
 from batch_server.jobs.queue import Claim, Result
 from batch_server.jobs.validation import iter_lines
 from batch_server.openai_types import output_line
+from batch_server.plugins.manager import PluginError, Plugins
+from batch_server.plugins.results import build_body
 from batch_server.storage import FileStore
 
 
-def read_requests(store: FileStore, claim: Claim) -> Iterator[EngineRequest]:
-    """The unit's requests, read from its slice of the input file."""
+@dataclass
+class Prepared:
+    """A request read from the input: its template's name for a templated line, and why
+    its template could not build it (it then fails alone, without the engine)."""
+
+    request: EngineRequest
+    template: str | None = None
+    failure: PluginError | None = None
+
+
+def read_requests(
+    store: FileStore, claim: Claim, plugins: Plugins | None = None
+) -> Iterator[Prepared]:
+    """The unit's requests, read from its slice of the input file (a templated line's
+    body built by its template now)."""
     with store.open(claim.input_file_id) as fh:
         for offset, line in enumerate(iter_lines(fh, claim.byte_start)):
             if offset >= claim.request_count or line.byte_start >= claim.byte_end:
                 break
             obj = json.loads(line.raw)
-            yield EngineRequest(
-                claim.first_request + offset, obj["custom_id"], claim.endpoint, obj["body"]
-            )
+            index, custom_id = claim.first_request + offset, obj["custom_id"]
+            if "template" not in obj:
+                yield Prepared(EngineRequest(index, custom_id, claim.endpoint, obj["body"]))
+                continue
+            try:
+                if plugins is None:
+                    raise PluginError("templates are not available here", "template_not_found")
+                name, body = build_body(plugins, obj)
+            except PluginError as exc:
+                yield Prepared(EngineRequest(index, custom_id, claim.endpoint, {}), None, exc)
+                continue
+            yield Prepared(EngineRequest(index, custom_id, claim.endpoint, body), name)
+
+
+def template_failed(index: int, exc: PluginError) -> EngineResult:
+    """The result of a templated request whose template could not build it."""
+    status = 500 if exc.code == "plugin_error" else 400
+    kind = "server_error" if status == 500 else "invalid_request_error"
+    return EngineResult(index, status, error_body(str(exc)[:2000], kind, code=exc.code))
 
 
 def to_result(result: EngineResult, custom_id: str) -> Result:

@@ -11,8 +11,16 @@ from batch_server.engines.base import EngineRequest, EngineResult
 from batch_server.estimates import SampleRecorder
 from batch_server.jobs.manager import JobManager
 from batch_server.jobs.queue import Claim, LeaseLost, Result
+from batch_server.plugins.manager import Plugins
+from batch_server.plugins.results import annotate
 from batch_server.storage import FileStore
-from batch_server.worker.convert import read_requests, to_result, unstorable
+from batch_server.worker.convert import (
+    Prepared,
+    read_requests,
+    template_failed,
+    to_result,
+    unstorable,
+)
 from batch_server.worker.leases import Leases, Run
 
 log = logging.getLogger(__name__)
@@ -26,18 +34,26 @@ class Feed:
         leases: Leases,
         worker_id: str,
         stored: Callable[[str, str], None] = lambda batch_id, model: None,
+        plugins: Plugins | None = None,
     ) -> None:
         self.jobs = jobs
         self.store = store
         self.leases = leases
         self.worker_id = worker_id
         self.stored = stored  # told (batch id, model) of each result stored
+        self.plugins = plugins
+        self.templates: dict[tuple[int, int], str] = {}  # (unit id, index) → template
 
     def take_result(self, run: Run, result: EngineResult, stop: threading.Event) -> bool:
         """Store a finished request and complete its unit when it was the unit's last;
         ``False`` when the run must stop (a lease lost, or the database refusing)."""
         unit, result = run.finish(result)
         stored = to_result(result, unit.custom_ids[result.index])
+        template = self.templates.pop((unit.claim.unit_id, result.index), None)
+        if template is not None and result.ok and self.plugins is not None:
+            outcome = annotate(self.plugins, template, result.body)  # never raises
+            stored.fields, stored.plugin_error = outcome.fields, outcome.plugin_error
+            stored.ratings = outcome.ratings
         try:
             self._store(unit.claim, stored)
             run.samples[unit.claim.batch_id].add(stored.input_tokens, stored.output_tokens)
@@ -79,7 +95,15 @@ class Feed:
         completed at once; one whose input cannot be read goes back as a failed attempt)."""
         done = self.jobs.done_indexes(claim)
         try:
-            requests = [r for r in read_requests(self.store, claim) if r.index not in done]
+            prepared = [
+                p
+                for p in read_requests(self.store, claim, self.plugins)
+                if p.request.index not in done
+            ]
+            requests = self._templated(claim, prepared)
+        except LeaseLost:
+            self.leases.fenced(claim)
+            return []
         except Exception as exc:  # the storage, not the engine; counted all the same
             log.exception("could not read the input of unit %s", claim.index)
             error = f"could not read its input: {type(exc).__name__}: {exc}"
@@ -104,3 +128,18 @@ class Feed:
                 self.jobs.db, claim.batch_id, claim.model, self.worker_id
             )
         return run.add(claim, requests)
+
+    def _templated(self, claim: Claim, prepared: list[Prepared]) -> list[EngineRequest]:
+        """The requests for the engine; a templated one whose template failed is stored
+        as its error line now (it fails alone), the others' templates remembered."""
+        failed = [
+            to_result(template_failed(p.request.index, p.failure), p.request.custom_id)
+            for p in prepared
+            if p.failure is not None
+        ]
+        if failed:
+            self.jobs.record(claim, failed, self.worker_id)
+        for p in prepared:
+            if p.template is not None:
+                self.templates[(claim.unit_id, p.request.index)] = p.template
+        return [p.request for p in prepared if p.failure is None]

@@ -21,6 +21,7 @@ from batch_server.jobs.manager import JobManager
 from batch_server.jobs.queue import Claim
 from batch_server.logs import bind
 from batch_server.models.registry import ModelRegistry
+from batch_server.plugins.manager import Plugins
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.wakeup import Wakeup
@@ -43,6 +44,7 @@ class Worker:
         store: FileStore,
         gpu: GpuMonitor,
         wake: Wakeup,
+        plugins: Plugins | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -58,10 +60,23 @@ class Worker:
             settings, models, store, self.presence, self._stopping, unload=self.slot.close
         )
         self.steps = BatchSteps(
-            settings, models, jobs, store, self.presence, wake.waiter(), self.fine_tuning
+            settings,
+            models,
+            jobs,
+            store,
+            self.presence,
+            wake.waiter(),
+            self.fine_tuning,
+            plugins,
         )
         self.runner = Runner(
-            settings, jobs, store, self.slot, self.presence, may_take_more=self._may_take_more
+            settings,
+            jobs,
+            store,
+            self.slot,
+            self.presence,
+            may_take_more=self._may_take_more,
+            plugins=plugins,
         )
         self._waiter = wake.waiter()
         self._held: str | None = None

@@ -20,12 +20,10 @@ from batch_server.jobs.manager import JobManager
 from batch_server.jobs.queue import Claim
 from batch_server.logs import bind
 from batch_server.models.provenance import RunLog
+from batch_server.plugins.manager import Plugins
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
-from batch_server.worker.convert import (
-    crashed,
-    engine_error,
-)
+from batch_server.worker.convert import crashed, engine_error
 from batch_server.worker.engine_slot import EngineSlot
 from batch_server.worker.feed import Feed
 from batch_server.worker.leases import Leases, Run
@@ -46,6 +44,7 @@ class Runner:
         slot: EngineSlot,
         presence: Presence,
         may_take_more: Callable[[], bool],
+        plugins: Plugins | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -54,7 +53,7 @@ class Runner:
         self.presence = presence
         self.leases = Leases(jobs, presence.id, settings.lease_seconds)
         self.runlog = RunLog(jobs.db, presence.id)  # provenance, see models.provenance
-        self.feed = Feed(jobs, store, self.leases, presence.id, self.runlog.first_result)
+        self.feed = Feed(jobs, store, self.leases, presence.id, self.runlog.first_result, plugins)
         # False when the worker stops or is held: the run takes no further unit
         self.may_take_more = may_take_more
 

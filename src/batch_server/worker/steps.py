@@ -21,6 +21,7 @@ from batch_server.jobs.manager import JobManager
 from batch_server.jobs.validation import validate_batch
 from batch_server.logs import bind
 from batch_server.models.registry import ModelRegistry
+from batch_server.plugins.manager import Plugins
 from batch_server.statuses import WorkerState
 from batch_server.storage import FileStore
 from batch_server.wakeup import Waiter
@@ -42,6 +43,7 @@ class BatchSteps:
         presence: Presence,
         waiter: Waiter,
         fine_tuning: FineTuning,
+        plugins: Plugins | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
@@ -50,6 +52,7 @@ class BatchSteps:
         self.presence = presence
         self.waiter = waiter
         self.fine_tuning = fine_tuning
+        self.plugins = plugins
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_expiry_check = 0.0
@@ -105,6 +108,7 @@ class BatchSteps:
                         self.models.refresh(),
                         step.batch_id,
                         step.token,
+                        self.plugins,
                     )
                 else:
                     finalize(self.jobs, self.store, step.batch_id, step.token)

@@ -214,8 +214,24 @@ function submitPage() {
   });
 }
 
+// The plugins page: enable and disable buttons (the admin API, the login's cookie).
+function pluginsPage() {
+  document.addEventListener("click", async (ev) => {
+    const btn = ev.target.closest("[data-plugin-switch]");
+    if (!btn) return;
+    const name = btn.dataset.pluginSwitch;
+    btn.disabled = true;
+    try {
+      const p = await postJSON(`/v1/admin/plugins/${encodeURIComponent(name)}/${btn.dataset.action}`);
+      say(`${p.name}: ${p.enabled ? "enabled" : "disabled"}`);
+      window.location.reload();
+    } catch (err) { say(`Failed: ${err.message}`); btn.disabled = false; }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const page = document.body.dataset.page;
+  if (page === "plugins") pluginsPage();
   if (page === "overview") overviewPage();
   if (page === "queue") queuePage();
   if (page === "batches") batchPage();

@@ -1,7 +1,8 @@
 // The review page: one request at a time, prompt and answer side by side, driven by the
 // keyboard. Reads GET /v1/batches/{id}/review a page at a time and stores each verdict
 // with PUT …/requests/{custom_id}/annotation (the login's cookie; same-origin fetch).
-// Everything shown is set as text (textContent), never as HTML.
+// Everything shown is set as text (textContent), never as HTML, except a plugin's fragment
+// (`rendered`), which the server escaped (docs/plugins.md).
 "use strict";
 
 (() => {
@@ -151,11 +152,26 @@
     if (item.status_code == null) return text("Not run yet.", "muted");
     const box = el("div", { class: "answer" });
     box.append(item.answer_is_json ? tree(item.answer) : text(item.answer_text ?? "", "text answer-text"));
+    box.append(...pluginView(item));
     const a = item.annotation;
     if (a && a.label === "fixed" && a.fixed_answer != null) {
       box.append(el("h3", { class: "fixed-h" }, "Fixed answer"), text(a.fixed_answer, "text fixed-answer"));
     }
     return box;
+  }
+
+  // What the template's plugin made of the answer: its fragment, and the ratings.
+  function pluginView(item) {
+    if (!item.template) return [];
+    const box = el("div", { class: "plugin-view", "data-template": item.template });
+    box.append(el("h3", {}, `Fields (${item.template})`));
+    const fragment = el("div", { class: "plugin-fragment" });
+    fragment.innerHTML = item.rendered || "";
+    box.append(fragment);
+    Object.entries(item.ratings || {}).forEach(([name, r]) => {
+      box.append(el("span", { class: "badge", "data-plugin-rating": name }, `${name}: ${JSON.stringify(r.value)}`), " ");
+    });
+    return [box];
   }
 
   function describe(a) {
