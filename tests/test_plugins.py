@@ -265,6 +265,14 @@ def test_exports_include_fields(setup: Setup) -> None:
         assert row["candidate"].startswith("Candidate ")
         assert row["score"] == ("" if fields is None else str(fields["score"]))
         assert row["strengths"] == ("" if fields is None else "; ".join(fields["strengths"]))
+    # a fine-tuning export learns from the chat request the template built
+    done, text = export("openai-finetune-jsonl")
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert len(lines) == 20
+    for line in lines:
+        roles = [m["role"] for m in line["messages"]]
+        assert roles == ["system", "user", "assistant"], roles
+        assert "Candidate " in line["messages"][1]["content"]
     unknown = http.post(f"/v1/collections/{coll}/exports", json={"format": "nope"})
     assert unknown.status_code == 400 and "candidate-csv" in unknown.json()["error"]["message"]
 

@@ -90,7 +90,11 @@ def build(record: dict[str, Any]) -> dict[str, Any]:
         ],
         "response_format": {
             "type": "json_schema",
-            "json_schema": {"name": "candidate_evaluation", "strict": True, "schema": OUTPUT_SCHEMA},
+            "json_schema": {
+                "name": "candidate_evaluation",
+                "strict": True,
+                "schema": OUTPUT_SCHEMA,
+            },
         },
         "temperature": 0,
         "max_tokens": 200,
@@ -143,8 +147,8 @@ def batch_server_render(
     return Markup(
         '<div class="candidate-evaluation" data-verdict="{verdict}">'
         '<p><strong class="score" data-score="{score}">{score}/10</strong> {verdict}</p>'
-        "<p>Strengths</p><ul class=\"strengths\">{strengths}</ul>"
-        "<p>Concerns</p><ul class=\"concerns\">{concerns}</ul></div>"
+        '<p>Strengths</p><ul class="strengths">{strengths}</ul>'
+        '<p>Concerns</p><ul class="concerns">{concerns}</ul></div>'
     ).format(
         verdict=fields.get("verdict", ""),
         score=fields.get("score", ""),
@@ -178,11 +182,8 @@ def write_csv(examples: Iterator[dict[str, Any]]) -> Iterator[bytes]:
 
 
 def _record(ex: dict[str, Any]) -> dict[str, Any]:
-    """The candidate record an example was made from (its prompt is the record's JSON)."""
-    try:
-        value = json.loads(ex.get("prompt") or "")
-    except ValueError:
-        return {}
+    """The candidate record an example was made from (its templated line's ``input``)."""
+    value = ex.get("input")
     return value if isinstance(value, dict) else {}
 
 

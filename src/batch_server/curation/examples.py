@@ -110,6 +110,7 @@ def _example(endpoint: str, pair: RequestPair, note: AnnotationRow) -> dict[str,
         # a plugin's fields of the model's answer (a fixed answer is parsed as JSON)
         "fields": parsed_fields(target) if target != answer or pair.fields is None else pair.fields,
         "template": pair.template,
+        "input": pair.input,
         "ratings": pair.ratings,
         "plugin_error": pair.plugin_error,
     }

@@ -19,6 +19,8 @@ from batch_server.db.tables import BatchRow, ResultRow
 from batch_server.jobs.reports import VIEW_LINE_LIMIT, file_lines
 from batch_server.jobs.result_fields import plugin_data
 from batch_server.jobs.validation import iter_lines
+from batch_server.plugins.manager import PluginError, loaded
+from batch_server.plugins.results import build_body
 from batch_server.statuses import LIVE
 from batch_server.storage import FileStore
 
@@ -36,6 +38,7 @@ class RequestPair:
     # a templated line (batch_server.plugins): its template, and what plugins made of the
     # answer (parsed fields, a parse or rating failure, automatic ratings)
     template: str | None = None
+    input: Any = None  # a templated line's record
     fields: dict[str, Any] | None = None
     plugin_error: str | None = None
     ratings: dict[str, Any] | None = None
@@ -82,10 +85,24 @@ def iter_pairs(
             body = obj.get("body")
             body = body if isinstance(body, dict) else {}
             template = obj.get("template") if isinstance(obj.get("template"), str) else None
-            if template is not None:  # the record stands for the body the template built
-                body = {"template": template, "input": obj.get("input"), **body}
-            pair = _pair(index, custom_id, body, found)
-            yield plugged.add(replace(pair, template=template)) if template else pair
+            if template is None:
+                yield _pair(index, custom_id, body, found)
+                continue
+            pair = _pair(index, custom_id, _templated_body(obj, body), found)
+            yield plugged.add(replace(pair, template=template, input=obj.get("input")))
+
+
+def _templated_body(line: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The body a templated line's template builds (what the engine was sent: the review
+    page shows it, fine-tuning exports learn from it); the record itself where the
+    template cannot build it here (its plugin gone, disabled or failing)."""
+    plugins = loaded()
+    if plugins is not None:
+        try:
+            return build_body(plugins, line)[1]
+        except PluginError:
+            pass
+    return {"template": line["template"], "input": line.get("input"), **overrides}
 
 
 class _Plugged:

@@ -86,6 +86,8 @@ class Plugins:
     # -- loading --------------------------------------------------------------------------
 
     def load(self) -> Plugins:
+        global _loaded
+        _loaded = self
         if self.entry_points:
             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 version = ep.dist.version if ep.dist is not None else None
@@ -224,6 +226,15 @@ class Plugins:
     def info(self) -> list[tuple[PluginInfo, bool]]:
         """Every plugin found, with whether it is enabled now."""
         return [(i, self.enabled(i.name)) for i in self.infos.values()]
+
+
+_loaded: Plugins | None = None
+
+
+def loaded() -> Plugins | None:
+    """The plugins this process loaded (its app context's), for readers of stored requests
+    deep below the API (curation) that rebuild a templated line's body; None before."""
+    return _loaded
 
 
 def _import_path(name: str, path: Path) -> ModuleType:
