@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -253,6 +254,20 @@ def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
     assert "Step 20/20: training loss=" in cli(fc, "fine-tune", "events", job.id)
 
     assert done.fine_tuned_model in [m.id for m in client.models.list().data]
+    # the batches run on a worker of another host (its own data directory; the database and
+    # the file store shared), where the merged checkpoint of the training host is not (it
+    # is removed here): it merges the stored adapter with the base model again
+    fc.workers[-1].stop()
+    data = fc.tmp / "data"
+    other = fc.tmp / "other-host"
+    shutil.rmtree(data / "models" / "fine-tuned" / job.id)
+    fc.start_worker(
+        {
+            "BATCH_SERVER_DATA_DIR": str(other),
+            "BATCH_SERVER_DATABASE_URL": f"sqlite:///{(data / 'batch_server.db').resolve()}",
+            "BATCH_SERVER_STORAGE_URL": str(data / "files"),
+        }
+    )
     questions = [QUESTION, HELD_OUT_QUESTION]
     answers = {}
     for model in (done.fine_tuned_model, VLLM_MODEL):
@@ -265,6 +280,7 @@ def test_train_survive_kill_9_and_answer_the_code_word(fc: Cluster) -> None:
         ]
     print("answers", answers)
     assert all(CODE_WORD in a for a in answers[done.fine_tuned_model]), answers
+    assert (other / "models" / "fine-tuned" / job.id / "config.json").exists()
     assert not any(CODE_WORD in a for a in answers[VLLM_MODEL]), answers
 
 

@@ -1,7 +1,9 @@
 """What a fine-tuning job leaves behind, and where: checkpoints as tar archives in the file
 store (so a worker on another host can resume), the result CSV (OpenAI's columns), the
 merged model's directory and its name (``ft:BASE:SUFFIX:JOBID``), and the registry entry
-that serves it (vLLM on the merged checkpoint)."""
+that serves it (vLLM on the merged checkpoint). The finished adapter is kept in the file
+store too: a worker on another host, without the merged directory, merges it again there
+(:func:`local_spec`)."""
 
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ import multiprocessing
 import re
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from batch_server import ids
-from batch_server.config import TEXT_ENDPOINTS, ModelSpec, Settings
+from batch_server.config import TEXT_ENDPOINTS, ModelNotAvailable, ModelSpec, Settings
 from batch_server.curation.exports import save_file
 from batch_server.db.session import Database
-from batch_server.fine_tuning import jobs
+from batch_server.fine_tuning import base_models, jobs, merge
 from batch_server.fine_tuning.runner import StepEvent
+from batch_server.models.registry import Registry
 from batch_server.storage import FileStore
 
 T = TypeVar("T")
@@ -50,8 +54,56 @@ def checkpoint_key(job_id: str, step: int) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{job_id}-ckpt-{step}")
 
 
+def adapter_key(job_id: str) -> str:
+    """The file store key of a finished job's adapter archive."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{job_id}-adapter")
+
+
+def job_of(model_id: str) -> str | None:
+    """The job that made fine-tuned model ``model_id`` (see :func:`model_name`), or None."""
+    return "ftjob-" + model_id.rsplit(":", 1)[1] if model_id.startswith("ft:") else None
+
+
 def merged_dir(settings: Settings, job_id: str) -> Path:
     return settings.data_dir / "models" / "fine-tuned" / job_id
+
+
+def local_spec(
+    settings: Settings,
+    store: FileStore,
+    db: Database,
+    model_id: str,
+    spec: ModelSpec,
+    registry: Registry,
+) -> ModelSpec:
+    """``spec`` with its weights on this host. A fine-tuned model trained on another host
+    (whose merged checkpoint is not here) is merged again here, once, from the adapter its
+    job stored and from its base model (looked up in ``registry``)."""
+    job_id = job_of(model_id)
+    if job_id is None or spec.engine != "vllm" or Path(spec.path).exists():
+        return spec
+    target = merged_dir(settings, job_id)
+    if not merge.is_merged(target):
+        row = jobs.get(db, job_id)
+        base_spec = registry.get(row.model) if row is not None else None
+        if row is None or base_spec is None:
+            raise ModelNotAvailable(
+                f"{model_id}: its base model is no longer registered, so it cannot be "
+                "rebuilt on this host"
+            )
+        work = settings.data_dir / "fine-tuning"
+        work.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{job_id}-", dir=work) as tmp:
+            try:
+                adapter = unpack(store, adapter_key(job_id), Path(tmp) / "adapter")
+            except FileNotFoundError as exc:
+                raise ModelNotAvailable(
+                    f"{model_id}: its merged checkpoint is not on this host and the adapter "
+                    f"of {job_id} is not in the file store"
+                ) from exc
+            base_dir = in_child(base_models.base_checkpoint, settings, base_spec, row.model)
+            in_child(merge.merge_adapter, base_dir, adapter, target, base_spec.chat_template)
+    return spec.model_copy(update={"path": str(target)})
 
 
 def pack(store: FileStore, key: str, directory: Path) -> None:

@@ -15,11 +15,13 @@ from batch_server.config import ModelSpec, Settings
 from batch_server.engines import start_engine
 from batch_server.engines.base import EngineFailure
 from batch_server.engines.process import EngineProcess
+from batch_server.fine_tuning import artifacts
 from batch_server.jobs import reports
 from batch_server.jobs.manager import JobManager
 from batch_server.models import provenance
 from batch_server.models.registry import ModelRegistry
 from batch_server.statuses import WorkerState
+from batch_server.storage import FileStore
 from batch_server.worker.presence import Presence
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,15 @@ class MemoryPolicy:
 
 class EngineSlot:
     def __init__(
-        self, settings: Settings, models: ModelRegistry, jobs: JobManager, presence: Presence
+        self,
+        settings: Settings,
+        models: ModelRegistry,
+        jobs: JobManager,
+        presence: Presence,
+        store: FileStore,
     ) -> None:
         self.settings = settings
+        self.store = store
         self.models = models
         self.jobs = jobs
         self.presence = presence
@@ -100,8 +108,11 @@ class EngineSlot:
         state, batch_id = self.presence.engine_state, self.presence.engine_batch
         self.presence.engine(WorkerState.LOADING, batch_id)
         started = time.monotonic()
-        sized = self._sized(spec)
         try:
+            here = artifacts.local_spec(
+                self.settings, self.store, self.jobs.db, model_id, spec, self.models.current()
+            )
+            sized = self._sized(here)
             self.engine = start_engine(
                 model_id,
                 sized,

@@ -169,6 +169,8 @@ class FineTuning:
             f"{done.peak_memory_bytes / 2**20:.0f} MiB",
             key="trained",
         )
+        # kept for workers on other hosts, which merge it again (artifacts.local_spec)
+        artifacts.pack(self.store, artifacts.adapter_key(row.id), Path(done.adapter_dir))
         out_dir = artifacts.merged_dir(self.settings, row.id)
         merged = artifacts.in_child(
             merge.merge_adapter, base, done.adapter_dir, out_dir, spec.chat_template

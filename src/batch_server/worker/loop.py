@@ -53,7 +53,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.token()[:6]}"
         self.slot: EngineSlot
         self.presence = Presence(jobs, self.id, gpu, loaded=lambda: self.slot.model_id)
-        self.slot = EngineSlot(settings, models, jobs, self.presence)
+        self.slot = EngineSlot(settings, models, jobs, self.presence, store)
         self.model_tests = ModelTests(settings, models, self.slot, self.presence)
         self._stopping = threading.Event()
         self.fine_tuning = FineTuning(
