@@ -7,6 +7,7 @@ finished adapter a merged model in the registry, ``ft:BASE:SUFFIX:JOBID``."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import tempfile
 import threading
@@ -35,6 +36,9 @@ from batch_server.worker.presence import Presence
 log = logging.getLogger(__name__)
 
 
+TRAINING_PACKAGES = ("torch", "transformers", "peft")
+
+
 class FineTuning:
     def __init__(
         self,
@@ -49,6 +53,15 @@ class FineTuning:
         self.unload = unload  # the engine's end: training has the GPU to itself
         self.db, self.presence, self.stopping = models.db, presence, stopping
         self.lease_seconds = settings.lease_seconds
+        # A worker without the training packages takes no training job: one with them (a
+        # GPU host, say) will. Validation needs none of them.
+        self.missing = [m for m in TRAINING_PACKAGES if importlib.util.find_spec(m) is None]
+        if self.missing:
+            log.warning(
+                "this worker trains no fine-tuning jobs: %s not installed "
+                "(pip install 'vllm-batch-server[vllm,finetune]', or make install-vllm)",
+                ", ".join(self.missing),
+            )
 
     def validate_step(self) -> bool:
         """Validate one job's files (batch-steps thread); ``False`` when none waited."""
@@ -64,6 +77,8 @@ class FineTuning:
 
     def step(self) -> bool:
         """Train one job (worker thread); ``False`` when none waited."""
+        if self.missing:
+            return False
         claim = jobs.claim_training(self.db, self.presence.id, self.lease_seconds)
         if claim is None:
             return False
