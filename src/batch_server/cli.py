@@ -13,6 +13,7 @@ from batch_server import (
     bench_command,
     client_commands,
     collection_commands,
+    comparison_commands,
     fine_tuning_commands,
     label_studio_commands,
     logs,
@@ -276,6 +277,9 @@ app.add_typer(label_studio_commands.app, name="label-studio")
 
 # Fine-tuning jobs, over HTTP: see fine_tuning_commands.py.
 app.add_typer(fine_tuning_commands.app, name="fine-tune")
+
+# Comparisons, over HTTP: see comparison_commands.py.
+app.add_typer(comparison_commands.app, name="compare")
 
 # Benchmarks, over HTTP: see bench_command.py.
 app.command("bench")(bench_command.bench)

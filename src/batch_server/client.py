@@ -145,6 +145,21 @@ class Client:
                 "POST", "/v1/files", data={"purpose": purpose}, files={"file": (path.name, fh)}
             )
 
+    # -- comparisons -----------------------------------------------------------------
+
+    def create_comparison(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/v1/comparisons", json=body)
+
+    def comparisons(self, limit: int) -> list[dict[str, Any]]:
+        return self._data("GET", "/v1/comparisons", params={"limit": limit})
+
+    def comparison(self, comparison_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/comparisons/{quote(comparison_id, safe='')}")
+
+    def export_preferences(self, comparison_id: str) -> dict[str, Any]:
+        path = f"/v1/comparisons/{quote(comparison_id, safe='')}/exports"
+        return self._json("POST", path, json={})
+
     # -- fine-tuning jobs ------------------------------------------------------------
 
     def create_fine_tuning_job(self, body: dict[str, Any]) -> dict[str, Any]:
