@@ -141,10 +141,10 @@ def test_cancel_in_each_state(db_url: str) -> None:
     assert check is not None and jobs.validated(db, check, RESOLVED, 10, 20)
     claim = jobs.claim_training(db, "w", 30)
     assert claim is not None
-    assert jobs.cancel(db, running).status == jobs.RUNNING  # type: ignore[union-attr]
-    assert jobs.heartbeat(db, claim, 30) == jobs.CANCEL  # the worker stops the run ...
-    assert jobs.cancelled(db, claim)  # ... and ends it
-    assert jobs.get(db, running).status == jobs.CANCELLED  # type: ignore[union-attr]
+    assert jobs.cancel(db, running).status == jobs.CANCELLED  # type: ignore[union-attr]
+    assert jobs.heartbeat(db, claim, 30) == jobs.LOST  # the worker kills its run ...
+    assert not jobs.record_step(db, claim, 1, 10, {"train_loss": 1.0}, None)  # ... in vain
+    assert jobs.step_metrics(db, running) == []
 
     orphan = new_job(db)  # running on a worker that died, then cancelled
     check = jobs.claim_validation(db, "w", 30)

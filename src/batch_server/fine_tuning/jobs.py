@@ -40,7 +40,7 @@ CANCELLED = "cancelled"
 STATUSES = (VALIDATING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ENDED = (SUCCEEDED, FAILED, CANCELLED)
 
-OK, CANCEL, LOST = "ok", "cancel", "lost"  # what a heartbeat found
+OK, LOST = "ok", "lost"  # what a heartbeat found
 
 
 @dataclass(frozen=True)
@@ -236,12 +236,9 @@ def _to_validate(now: float) -> Any:
 
 
 def _to_train(now: float) -> Any:
-    return and_(
-        FineTuningJobRow.cancel_requested.is_(False),
-        or_(
-            FineTuningJobRow.status == QUEUED,
-            and_(FineTuningJobRow.status == RUNNING, _abandoned(now)),
-        ),
+    return or_(
+        FineTuningJobRow.status == QUEUED,
+        and_(FineTuningJobRow.status == RUNNING, _abandoned(now)),
     )
 
 
@@ -264,9 +261,7 @@ def claim_validation(db: Database, worker_id: str, lease_seconds: float) -> Clai
 
 def claim_training(db: Database, worker_id: str, lease_seconds: float) -> Claim | None:
     """Lease the oldest queued job, or a running one whose worker is gone; it is
-    ``running`` from now on. A running job whose cancel was asked for while its worker was
-    gone ends ``cancelled`` here."""
-    _cancel_abandoned(db)
+    ``running`` from now on."""
     if not any_waiting(db, training=True):
         return None
     values = {
@@ -277,28 +272,9 @@ def claim_training(db: Database, worker_id: str, lease_seconds: float) -> Claim 
     return _claim(db, worker_id, lease_seconds, _to_train, values)
 
 
-def _cancel_abandoned(db: Database) -> None:
-    now = time.time()
-    with db.read() as s:
-        found = (
-            s.execute(
-                select(FineTuningJobRow.id).where(
-                    FineTuningJobRow.status == RUNNING,
-                    FineTuningJobRow.cancel_requested.is_(True),
-                    _abandoned(now),
-                )
-            )
-            .scalars()
-            .all()
-        )
-    for job_id in found:
-        with db.write() as s:
-            _end(s, job_id, CANCELLED, [RUNNING], "Fine-tuning job cancelled")
-
-
 def heartbeat(db: Database, claim: Claim, lease_seconds: float) -> str:
-    """Renew the lease: :data:`OK`, :data:`CANCEL` (a cancel was asked for: stop at the
-    next step) or :data:`LOST` (the job is no longer ours: stop now, write nothing)."""
+    """Renew the lease: :data:`OK`, or :data:`LOST` (the job is no longer ours: taken over,
+    or cancelled: stop now, write nothing)."""
     with db.write() as s:
         renewed = rowcount(
             s.execute(
@@ -307,12 +283,7 @@ def heartbeat(db: Database, claim: Claim, lease_seconds: float) -> str:
                 .values(lease_expires_at=time.time() + lease_seconds)
             )
         )
-        if renewed != 1:
-            return LOST
-        cancel = s.execute(
-            select(FineTuningJobRow.cancel_requested).where(FineTuningJobRow.id == claim.job_id)
-        ).scalar()
-    return CANCEL if cancel else OK
+    return OK if renewed == 1 else LOST
 
 
 def give_back(db: Database, claim: Claim) -> None:
@@ -505,25 +476,19 @@ def fail(db: Database, claim: Claim, code: str, message: str, param: str | None 
         )
 
 
-def cancelled(db: Database, claim: Claim) -> bool:
-    """The worker stopped the training of a job whose cancel was asked for."""
-    with db.write() as s:
-        return _end(
-            s, claim.job_id, CANCELLED, [RUNNING], "Fine-tuning job cancelled", token=claim.token
-        )
-
-
 def cancel(db: Database, job_id: str) -> FineTuningJobRow | None:
-    """Cancel a job: one that waits ends ``cancelled`` at once; a running one is asked to
-    stop (its worker stops it after the current step). Returns the job as it is now."""
+    """Cancel a job at once, as OpenAI does: it ends ``cancelled`` whatever it was doing.
+    The worker training it finds its lease gone at its next heartbeat (within a second)
+    and kills the run; nothing it writes after counts. Returns the job as it is now."""
     with db.write() as s:
-        if not _end(s, job_id, CANCELLED, [VALIDATING, QUEUED], "Fine-tuning job cancelled"):
-            s.execute(
-                update(FineTuningJobRow)
-                .where(FineTuningJobRow.id == job_id, FineTuningJobRow.status == RUNNING)
-                .values(cancel_requested=True)
-            )
-    _cancel_abandoned(db)
+        _end(
+            s,
+            job_id,
+            CANCELLED,
+            [VALIDATING, QUEUED, RUNNING],
+            "Fine-tuning job cancelled",
+            cancel_requested=True,
+        )
     return get(db, job_id)
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning jobs on the worker: their files validated in the batch-steps thread, their
 training run in the worker's own thread like a unit, with the engine unloaded (the GPU is
-not shared). The job's lease is renewed every second beside the run; a cancel stops the
-run after its current step, a lost lease kills it. Each step becomes a metrics event,
+not shared). The job's lease is renewed every second beside the run; a lost lease (the
+job taken over, or cancelled) kills it. Each step becomes a metrics event,
 each checkpoint an archive in the file store (where a takeover resumes from), and the
 finished adapter a merged model in the registry, ``ft:BASE:SUFFIX:JOBID``."""
 
@@ -161,11 +161,8 @@ class FineTuning:
                 jobs.record_checkpoint(self.db, claim, event.step, found, name, key)
             elif isinstance(event, DoneEvent):
                 lease.final = event
-            elif isinstance(event, StoppedEvent):
-                if lease.state == jobs.CANCEL:
-                    jobs.cancelled(self.db, claim)
-                else:  # the worker is stopping: another resumes from the checkpoint
-                    jobs.give_back(self.db, claim)
+            elif isinstance(event, StoppedEvent):  # the worker is stopping:
+                jobs.give_back(self.db, claim)  # another resumes from the checkpoint
             elif isinstance(event, ErrorEvent):
                 jobs.fail(self.db, claim, event.code, event.message)
 

@@ -1,6 +1,6 @@
 """The lease of the fine-tuning job a worker trains: renewed every second beside the
-training run, which it stops on a cancel (or when the worker is shutting down) and kills
-when the lease is lost."""
+training run, which it stops when the worker is shutting down and kills when the lease is
+lost (taken over, or the job cancelled)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class JobLease(threading.Thread):
-    """Renews a job's lease every second; tells the run to stop on a cancel (or a worker
-    shutting down) and kills it when the lease is lost."""
+    """Renews a job's lease every second; tells the run to stop when the worker is shutting
+    down and kills it when the lease is lost (taken over, or the job cancelled)."""
 
     def __init__(
         self, db: Database, claim: jobs.Claim, lease_seconds: float, stopping: threading.Event
@@ -41,5 +41,5 @@ class JobLease(threading.Thread):
             if self.run_ is not None and state != jobs.OK:
                 if state == jobs.LOST:
                     self.run_.kill()
-                else:  # a worker shutting down keeps the step in a checkpoint, a cancel not
-                    self.run_.stop(checkpoint=state == "stopping")
+                else:  # a worker shutting down keeps the step in a checkpoint
+                    self.run_.stop(checkpoint=True)
