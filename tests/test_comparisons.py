@@ -362,6 +362,41 @@ def test_comparison_page_in_chromium(server: Cluster, chat: dict[str, Any]) -> N
     assert errors == [], errors
 
 
+def client_cli(server: Cluster, *args: str) -> str:
+    """``batch-server ARGS --url`` against the server (a client command: no config)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "batch_server", *args, "--url", server.url],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_compare_from_the_cli(server: Cluster, chat: dict[str, Any], tmp_path: Path) -> None:
+    """`compare create FILE -m A -m B --wait` runs and prints the runs side by side; list,
+    show and export see it."""
+    path = tmp_path / "small.jsonl"
+    path.write_bytes(jsonl([chat_line(f"c{i}", QUESTIONS[i], max_tokens=6) for i in range(2)]))
+    shown = client_cli(server, "compare", "create", str(path), "-m", SMOL, "-m", GEMMA, "--wait")
+    assert "agreement over 2 requests" in shown, shown
+    made = json.loads(client_cli(server, "compare", "list", "--json"))[0]
+    assert made["models"] == [SMOL, GEMMA] and made["status"] == "completed"
+    detail = json.loads(client_cli(server, "compare", "show", made["id"], "--json"))
+    assert detail["agreement"]["requests"] == 2
+    assert [r["request_counts"]["completed"] for r in detail["runs"]] == [2, 2]
+    # the picks of the module's comparison, as preference JSONL downloaded
+    differing = [r["custom_id"] for r in all_rows(server, chat["id"]) if not r["agree"]]
+    assert differing, "the two models answered everything alike"
+    ok(server.http.put(f"/v1/comparisons/{chat['id']}/picks/{differing[-1]}", json={"model": SMOL}))
+    out = tmp_path / "prefs.jsonl"
+    file_id = client_cli(server, "compare", "export", chat["id"], "--out", str(out)).strip()
+    assert file_id.startswith("file-")
+    assert out.read_bytes() == server.client.files.content(file_id).content
+
+
 def test_another_key_cannot_see_a_comparison(server: Cluster) -> None:
     """Last in the module: it turns API keys on."""
     tokens = {
@@ -505,38 +540,3 @@ def test_rows_join_running_results_and_finished_files(
     for r in rows:
         counter.add(r)
     assert counter.result()["requests"] == 4 and counter.result()["exact_match"] == 0.5
-
-
-def client_cli(server: Cluster, *args: str) -> str:
-    """``batch-server ARGS --url`` against the server (a client command: no config)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "batch_server", *args, "--url", server.url],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def test_compare_from_the_cli(server: Cluster, chat: dict[str, Any], tmp_path: Path) -> None:
-    """`compare create FILE -m A -m B --wait` runs and prints the runs side by side; list,
-    show and export see it."""
-    path = tmp_path / "small.jsonl"
-    path.write_bytes(jsonl([chat_line(f"c{i}", QUESTIONS[i], max_tokens=6) for i in range(2)]))
-    shown = client_cli(server, "compare", "create", str(path), "-m", SMOL, "-m", GEMMA, "--wait")
-    assert "agreement over 2 requests" in shown, shown
-    made = json.loads(client_cli(server, "compare", "list", "--json"))[0]
-    assert made["models"] == [SMOL, GEMMA] and made["status"] == "completed"
-    detail = json.loads(client_cli(server, "compare", "show", made["id"], "--json"))
-    assert detail["agreement"]["requests"] == 2
-    assert [r["request_counts"]["completed"] for r in detail["runs"]] == [2, 2]
-    # the picks of the module's comparison, as preference JSONL downloaded
-    differing = [r["custom_id"] for r in all_rows(server, chat["id"]) if not r["agree"]]
-    assert differing, "the two models answered everything alike"
-    ok(server.http.put(f"/v1/comparisons/{chat['id']}/picks/{differing[-1]}", json={"model": SMOL}))
-    out = tmp_path / "prefs.jsonl"
-    file_id = client_cli(server, "compare", "export", chat["id"], "--out", str(out)).strip()
-    assert file_id.startswith("file-")
-    assert out.read_bytes() == server.client.files.content(file_id).content
